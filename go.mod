@@ -1,0 +1,3 @@
+module github.com/banger-dev/banger
+
+go 1.26.8

@@ -1,0 +1,392 @@
+package rpc
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/banger-dev/banger/internal/op"
+)
+
+// HandlerFunc serves one method. params is the raw JSON of the request's
+// params (nil when absent). The result is marshalled as JSON.
+type HandlerFunc func(ctx context.Context, params json.RawMessage) (any, error)
+
+// Authorizer decides whether a peer may talk to the server at all. It sees
+// the peer's credentials from SO_PEERCRED. A refusal is answered with
+// CodeForbidden and logged with the request's op id.
+type Authorizer func(cred PeerCred) error
+
+// PeerCred is the process on the other end of a unix socket, per the kernel.
+type PeerCred struct {
+	PID int32
+	UID uint32
+	GID uint32
+}
+
+type peerKey struct{}
+
+// PeerFrom returns the peer credentials of the connection serving ctx.
+func PeerFrom(ctx context.Context) (PeerCred, bool) {
+	c, ok := ctx.Value(peerKey{}).(PeerCred)
+	return c, ok
+}
+
+// Server dispatches requests to handlers. The zero value is not usable; use
+// NewServer.
+type Server struct {
+	// Name prefixes the per-call log message: "<Name> rpc completed" or
+	// "<Name> rpc failed". Empty gives "rpc completed".
+	Name string
+	// Logger receives one line per call plus connection-level problems.
+	Logger *slog.Logger
+	// MaxRequestBytes bounds one request; larger ones get bad_request.
+	MaxRequestBytes int
+	// ReadTimeout bounds how long a client may take to send its request.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds writing the response.
+	WriteTimeout time.Duration
+	// MaxConns bounds connections served at once; more wait in accept.
+	MaxConns int
+	// Authorize, when set, is asked about every connection's peer.
+	Authorize Authorizer
+	// CompletedLevel is the level of "rpc completed" lines (failures are
+	// always logged at warn or error).
+	CompletedLevel slog.Level
+
+	mu       sync.RWMutex
+	handlers map[string]HandlerFunc
+	wg       sync.WaitGroup
+}
+
+// NewServer returns a server with the package defaults.
+func NewServer(name string, logger *slog.Logger) *Server {
+	return &Server{
+		Name:            name,
+		Logger:          logger,
+		MaxRequestBytes: DefaultMaxRequestBytes,
+		ReadTimeout:     5 * time.Second,
+		WriteTimeout:    10 * time.Second,
+		MaxConns:        128,
+		CompletedLevel:  slog.LevelInfo,
+		handlers:        map[string]HandlerFunc{},
+	}
+}
+
+// Handle registers h for method. Registering a method twice panics.
+func (s *Server) Handle(method string, h HandlerFunc) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, dup := s.handlers[method]; dup {
+		panic("rpc: method registered twice: " + method)
+	}
+	s.handlers[method] = h
+}
+
+// Methods lists the registered methods, sorted.
+func (s *Server) Methods() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]string, 0, len(s.handlers))
+	for m := range s.handlers {
+		out = append(out, m)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Register adds a typed handler: params are decoded into P, strictly (an
+// unknown field is a bad_request), and the R result is returned as JSON.
+func Register[P, R any](s *Server, method string, fn func(context.Context, P) (R, error)) {
+	s.Handle(method, func(ctx context.Context, raw json.RawMessage) (any, error) {
+		var p P
+		if err := DecodeParams(raw, &p); err != nil {
+			return nil, err
+		}
+		return fn(ctx, p)
+	})
+}
+
+// DecodeParams decodes raw into v, refusing unknown fields and trailing data.
+// An absent params object decodes as the zero value.
+func DecodeParams(raw json.RawMessage, v any) error {
+	if len(bytes.TrimSpace(raw)) == 0 || bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("decoding params: %v: %w", err, ErrBadRequest)
+	}
+	if dec.More() {
+		return fmt.Errorf("decoding params: trailing data: %w", ErrBadRequest)
+	}
+	return nil
+}
+
+// Serve accepts connections on ln until ctx is done or ln fails, serving each
+// on its own goroutine. It waits for in-flight calls before returning.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	sem := make(chan struct{}, max(s.MaxConns, 1))
+	defer s.wg.Wait()
+	for {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		conn, err := ln.Accept()
+		if err != nil {
+			<-sem
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accepting: %w", err)
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-sem }()
+			s.ServeConn(ctx, conn)
+		}()
+	}
+}
+
+// ServeConn serves the one request a connection carries, then closes it.
+func (s *Server) ServeConn(ctx context.Context, conn net.Conn) {
+	defer conn.Close()
+	start := time.Now()
+
+	var cred PeerCred
+	var haveCred bool
+	if uc, ok := conn.(*net.UnixConn); ok {
+		if c, err := peerCred(uc); err == nil {
+			cred, haveCred = c, true
+			ctx = context.WithValue(ctx, peerKey{}, c)
+		}
+	}
+
+	if s.ReadTimeout > 0 {
+		_ = conn.SetReadDeadline(time.Now().Add(s.ReadTimeout))
+	}
+	req, err := readRequest(conn, s.maxBytes())
+	if err != nil {
+		// Early paths still get an op id: the request's own when it parsed
+		// far enough to carry a valid one, else a new one.
+		id := op.New()
+		if req != nil && op.Valid(req.OpID) {
+			id = req.OpID
+		}
+		ctx = op.With(ctx, id)
+		if isTimeout(err) {
+			s.finish(ctx, conn, "", start, nil, fmt.Errorf("no complete request within %s: %w", s.ReadTimeout, ErrBadRequest))
+			return
+		}
+		s.finish(ctx, conn, "", start, nil, err)
+		return
+	}
+
+	id := req.OpID
+	if id == "" {
+		id = op.New()
+	} else if !op.Valid(id) {
+		ctx = op.With(ctx, op.New())
+		s.finish(ctx, conn, req.Method, start, nil, fmt.Errorf("malformed op_id %q: %w", truncate(id, 40), ErrBadRequest))
+		return
+	}
+	ctx = op.With(ctx, id)
+
+	if s.Authorize != nil {
+		var aerr error
+		if !haveCred {
+			aerr = fmt.Errorf("peer credentials unavailable: %w", ErrForbidden)
+		} else if aerr = s.Authorize(cred); aerr != nil && CodeOf(aerr) != CodeForbidden {
+			aerr = fmt.Errorf("%v: %w", aerr, ErrForbidden)
+		}
+		if aerr != nil {
+			s.finish(ctx, conn, req.Method, start, nil, aerr)
+			return
+		}
+	}
+
+	if req.Version != Version {
+		s.finish(ctx, conn, req.Method, start, nil, &ErrorResponse{
+			Code:    CodeBadVersion,
+			Message: fmt.Sprintf("protocol version %d not supported; this server speaks %d", req.Version, Version),
+			Hint:    "the client and the server are different banger releases; restart the daemon with `banger daemon stop`",
+		})
+		return
+	}
+	s.mu.RLock()
+	h, ok := s.handlers[req.Method]
+	s.mu.RUnlock()
+	if !ok {
+		s.finish(ctx, conn, req.Method, start, nil, &ErrorResponse{
+			Code:    CodeUnknownMethod,
+			Message: fmt.Sprintf("unknown method %q", truncate(req.Method, 64)),
+		})
+		return
+	}
+	// The deadline on the connection is for reading the request; a handler
+	// runs as long as its own context allows.
+	_ = conn.SetReadDeadline(time.Time{})
+	result, herr := s.call(ctx, h, req.Params)
+	s.finish(ctx, conn, req.Method, start, result, herr)
+}
+
+// call runs h, turning a panic into an internal error so one bad handler
+// cannot take the server down.
+func (s *Server) call(ctx context.Context, h HandlerFunc, params json.RawMessage) (result any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.Logger.ErrorContext(ctx, "rpc handler panicked", "panic", fmt.Sprint(r))
+			err = fmt.Errorf("internal error: handler panicked: %v", r)
+		}
+	}()
+	return h(ctx, params)
+}
+
+// finish writes the response and logs the single per-call line.
+func (s *Server) finish(ctx context.Context, conn net.Conn, method string, start time.Time, result any, err error) {
+	id := op.From(ctx)
+	var resp Response
+	if err == nil {
+		raw, merr := json.Marshal(result)
+		if merr != nil {
+			err = fmt.Errorf("encoding result: %w", merr)
+		} else {
+			resp.Result = raw
+		}
+	}
+	if err != nil {
+		resp.Error = toErrorResponse(err, id)
+	}
+	if s.WriteTimeout > 0 {
+		_ = conn.SetWriteDeadline(time.Now().Add(s.WriteTimeout))
+	}
+	out, _ := json.Marshal(resp)
+	out = append(out, '\n')
+	_, werr := conn.Write(out)
+
+	dur := time.Since(start)
+	attrs := []any{"method", method, "duration_ms", dur.Milliseconds()}
+	prefix := "rpc"
+	if s.Name != "" {
+		prefix = s.Name + " rpc"
+	}
+	if resp.Error != nil {
+		level := slog.LevelWarn
+		if resp.Error.Code == CodeInternal {
+			level = slog.LevelError
+		}
+		attrs = append(attrs, "code", string(resp.Error.Code), "error", resp.Error.Message)
+		if werr != nil {
+			attrs = append(attrs, "write_error", werr.Error())
+		}
+		s.Logger.Log(ctx, level, prefix+" failed", attrs...)
+		return
+	}
+	if werr != nil {
+		attrs = append(attrs, "code", string(CodeInternal), "error", "writing response: "+werr.Error())
+		s.Logger.Log(ctx, slog.LevelWarn, prefix+" failed", attrs...)
+		return
+	}
+	s.Logger.Log(ctx, s.CompletedLevel, prefix+" completed", attrs...)
+}
+
+func (s *Server) maxBytes() int {
+	if s.MaxRequestBytes > 0 {
+		return s.MaxRequestBytes
+	}
+	return DefaultMaxRequestBytes
+}
+
+// readRequest reads one newline-terminated (or EOF-terminated) request of at
+// most limit bytes. When it fails after decoding enough to see an op id, it
+// returns the partial request along with the error.
+func readRequest(r io.Reader, limit int) (*Request, error) {
+	br := bufio.NewReaderSize(io.LimitReader(r, int64(limit)+1), 4096)
+	var line []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		line = append(line, chunk...)
+		if len(line) > limit {
+			return nil, fmt.Errorf("request larger than %d bytes: %w", limit, ErrBadRequest)
+		}
+		if err == nil {
+			break
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if errors.Is(err, io.EOF) {
+			if len(bytes.TrimSpace(line)) == 0 {
+				return nil, fmt.Errorf("empty request: %w", ErrBadRequest)
+			}
+			break
+		}
+		if isTimeout(err) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("reading request: %v: %w", err, ErrBadRequest)
+	}
+	return DecodeRequest(line)
+}
+
+// DecodeRequest parses one request line. It is what the fuzz test exercises.
+func DecodeRequest(line []byte) (*Request, error) {
+	var req Request
+	if err := json.Unmarshal(line, &req); err != nil {
+		return nil, fmt.Errorf("malformed request: %v: %w", err, ErrBadRequest)
+	}
+	if req.Method == "" {
+		return &req, fmt.Errorf("request has no method: %w", ErrBadRequest)
+	}
+	return &req, nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+func peerCred(uc *net.UnixConn) (PeerCred, error) {
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return PeerCred{}, err
+	}
+	var cred *syscall.Ucred
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, serr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil {
+		return PeerCred{}, err
+	}
+	if serr != nil {
+		return PeerCred{}, serr
+	}
+	return PeerCred{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid}, nil
+}
