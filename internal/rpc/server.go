@@ -277,13 +277,8 @@ func (s *Server) finish(ctx context.Context, conn net.Conn, method string, start
 	if err != nil {
 		resp.Error = toErrorResponse(err, id)
 	}
-	if s.WriteTimeout > 0 {
-		_ = conn.SetWriteDeadline(time.Now().Add(s.WriteTimeout))
-	}
-	out, _ := json.Marshal(resp)
-	out = append(out, '\n')
-	_, werr := conn.Write(out)
-
+	// Log before replying, so a caller that reads the log right after the
+	// reply (banger daemon logs --op) finds the line.
 	dur := time.Since(start)
 	attrs := []any{"method", method, "duration_ms", dur.Milliseconds()}
 	prefix := "rpc"
@@ -296,18 +291,19 @@ func (s *Server) finish(ctx context.Context, conn net.Conn, method string, start
 			level = slog.LevelError
 		}
 		attrs = append(attrs, "code", string(resp.Error.Code), "error", resp.Error.Message)
-		if werr != nil {
-			attrs = append(attrs, "write_error", werr.Error())
-		}
 		s.Logger.Log(ctx, level, prefix+" failed", attrs...)
-		return
+	} else {
+		s.Logger.Log(ctx, s.CompletedLevel, prefix+" completed", attrs...)
 	}
-	if werr != nil {
-		attrs = append(attrs, "code", string(CodeInternal), "error", "writing response: "+werr.Error())
-		s.Logger.Log(ctx, slog.LevelWarn, prefix+" failed", attrs...)
-		return
+
+	if s.WriteTimeout > 0 {
+		_ = conn.SetWriteDeadline(time.Now().Add(s.WriteTimeout))
 	}
-	s.Logger.Log(ctx, s.CompletedLevel, prefix+" completed", attrs...)
+	out, _ := json.Marshal(resp)
+	out = append(out, '\n')
+	if _, werr := conn.Write(out); werr != nil {
+		s.Logger.DebugContext(ctx, prefix+" reply not delivered", "method", method, "error", werr.Error())
+	}
 }
 
 func (s *Server) maxBytes() int {
