@@ -1,0 +1,83 @@
+package daemon
+
+import (
+	"context"
+	"os"
+	"time"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/rpc"
+	"github.com/banger-dev/banger/internal/version"
+)
+
+func (d *Daemon) register(s *rpc.Server) {
+	rpc.Register(s, api.MethodDaemonPing, d.ping)
+	rpc.Register(s, api.MethodDaemonStatus, d.status)
+	rpc.Register(s, api.MethodDaemonStop, d.stopMethod)
+}
+
+type noParams struct{}
+
+func (d *Daemon) ping(ctx context.Context, _ noParams) (api.Ping, error) {
+	return api.Ping{PID: os.Getpid(), Version: version.String()}, nil
+}
+
+func (d *Daemon) status(ctx context.Context, _ noParams) (api.DaemonStatus, error) {
+	st := api.DaemonStatus{
+		PID:           os.Getpid(),
+		UID:           os.Getuid(),
+		Version:       version.String(),
+		StartedAt:     d.started.UTC(),
+		UptimeSeconds: time.Since(d.started).Round(time.Millisecond).Seconds(),
+		Socket:        d.layout.DaemonSocket(),
+		LogPath:       d.layout.DaemonLog(),
+		LogLevel:      d.opts.LogLevel,
+		StateDir:      d.layout.StateDir,
+		DatabasePath:  d.layout.Database(),
+		ConfigPath:    d.opts.ConfigPath,
+		Layout:        d.layout,
+	}
+	st.VMM, st.VMMReason = d.chooseVMM()
+	v, err := d.store.SchemaVersion(ctx)
+	if err != nil {
+		return st, err
+	}
+	st.SchemaVersion = v
+	imgs, err := d.store.ListImages(ctx)
+	if err != nil {
+		return st, err
+	}
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return st, err
+	}
+	st.Counts.Images, st.Counts.VMs = len(imgs), len(vms)
+	for _, vm := range vms {
+		if vm.Runtime.State == model.StateRunning {
+			st.Counts.VMsRunning++
+		}
+	}
+	st.Helper = d.helperStatus(ctx)
+	return st, nil
+}
+
+func (d *Daemon) stopMethod(ctx context.Context, _ noParams) (api.Ping, error) {
+	d.log.InfoContext(ctx, "stop requested")
+	d.requestStop()
+	return api.Ping{PID: os.Getpid(), Version: version.String()}, nil
+}
+
+// chooseVMM resolves the configured vmm to the one this host will use.
+// The full probe arrives with the VMM drivers; until then auto means qemu.
+func (d *Daemon) chooseVMM() (string, string) {
+	switch d.cfg.VMM {
+	case "qemu", "firecracker":
+		return d.cfg.VMM, "set in config"
+	}
+	return "qemu", "auto: qemu until the KVM probe and firecracker driver are available"
+}
+
+func (d *Daemon) helperStatus(ctx context.Context) api.HelperStatus {
+	return api.HelperStatus{Socket: d.layout.HelperSocket, Error: "helper client not wired yet"}
+}
