@@ -5,6 +5,7 @@ package api
 import (
 	"time"
 
+	"github.com/banger-dev/banger/internal/hostcheck"
 	"github.com/banger-dev/banger/internal/paths"
 )
 
@@ -41,6 +42,7 @@ type HelperStatus struct {
 	Socket    string `json:"socket"`
 	Reachable bool   `json:"reachable"`
 	Version   string `json:"version,omitempty"`
+	PID       int    `json:"pid,omitempty"`
 	Error     string `json:"error,omitempty"`
 	Hint      string `json:"hint,omitempty"`
 }
@@ -56,4 +58,30 @@ type ObjectCounts struct {
 type Ping struct {
 	PID     int    `json:"pid"`
 	Version string `json:"version"`
+}
+
+// Network methods.
+const (
+	MethodNetworkUp   = "network.up"
+	MethodNetworkDown = "network.down"
+)
+
+// NetworkStatus describes the host side of the guests' network.
+type NetworkStatus struct {
+	Bridge   string `json:"bridge"`
+	Subnet   string `json:"subnet"`
+	Gateway  string `json:"gateway"`
+	Domain   string `json:"domain"`
+	NAT      bool   `json:"nat"`
+	BridgeUp bool   `json:"bridge_up"`
+	NATTable string `json:"nat_table,omitempty"`
+}
+
+// MethodDoctor runs the host checks.
+const MethodDoctor = "daemon.doctor"
+
+// DoctorReport is the result of daemon.doctor.
+type DoctorReport struct {
+	OK     bool              `json:"ok"`
+	Checks []hostcheck.Check `json:"checks"`
 }

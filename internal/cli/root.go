@@ -83,6 +83,9 @@ steps go through a small root helper (see: banger system install).`,
 		a.versionCommand(),
 		a.daemonCommand(),
 		a.configCommand(),
+		a.networkCommand(),
+		a.doctorCommand(),
+		a.systemCommand(),
 	)
 	return root
 }

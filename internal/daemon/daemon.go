@@ -40,6 +40,9 @@ type Daemon struct {
 	store   *store.Store
 	started time.Time
 
+	helperMu sync.Mutex
+	kvm      kvmCache
+
 	stopOnce sync.Once
 	stop     context.CancelFunc
 }

@@ -15,6 +15,9 @@ func (d *Daemon) register(s *rpc.Server) {
 	rpc.Register(s, api.MethodDaemonPing, d.ping)
 	rpc.Register(s, api.MethodDaemonStatus, d.status)
 	rpc.Register(s, api.MethodDaemonStop, d.stopMethod)
+	rpc.Register(s, api.MethodNetworkUp, d.networkUp)
+	rpc.Register(s, api.MethodNetworkDown, d.networkDown)
+	rpc.Register(s, api.MethodDoctor, d.doctor)
 }
 
 type noParams struct{}
@@ -38,7 +41,8 @@ func (d *Daemon) status(ctx context.Context, _ noParams) (api.DaemonStatus, erro
 		ConfigPath:    d.opts.ConfigPath,
 		Layout:        d.layout,
 	}
-	st.VMM, st.VMMReason = d.chooseVMM()
+	vmm, accel, reason := d.chooseVMM(ctx, d.probeKernel(ctx))
+	st.VMM, st.VMMReason = vmm+" ("+accel+")", reason
 	v, err := d.store.SchemaVersion(ctx)
 	if err != nil {
 		return st, err
@@ -66,18 +70,4 @@ func (d *Daemon) stopMethod(ctx context.Context, _ noParams) (api.Ping, error) {
 	d.log.InfoContext(ctx, "stop requested")
 	d.requestStop()
 	return api.Ping{PID: os.Getpid(), Version: version.String()}, nil
-}
-
-// chooseVMM resolves the configured vmm to the one this host will use.
-// The full probe arrives with the VMM drivers; until then auto means qemu.
-func (d *Daemon) chooseVMM() (string, string) {
-	switch d.cfg.VMM {
-	case "qemu", "firecracker":
-		return d.cfg.VMM, "set in config"
-	}
-	return "qemu", "auto: qemu until the KVM probe and firecracker driver are available"
-}
-
-func (d *Daemon) helperStatus(ctx context.Context) api.HelperStatus {
-	return api.HelperStatus{Socket: d.layout.HelperSocket, Error: "helper client not wired yet"}
 }

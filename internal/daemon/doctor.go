@@ -1,0 +1,232 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/hostcheck"
+)
+
+// kvmCache remembers the KVM verdict: the API probe is cheap, the kernel
+// boot probe costs seconds, and neither changes while bangerd runs.
+type kvmCache struct {
+	mu     sync.Mutex
+	api    *hostcheck.KVMResult
+	boot   *hostcheck.KVMResult
+	kernel string
+}
+
+// kvmVerdict returns whether KVM can run this host's guests. With a kernel
+// to try (an image's vmlinuz), the verdict is that of a real boot under
+// qemu; without one, the KVM API probe's, marked unconfirmed.
+func (d *Daemon) kvmVerdict(ctx context.Context, kernel string) (hostcheck.KVMResult, bool) {
+	d.kvm.mu.Lock()
+	defer d.kvm.mu.Unlock()
+	if d.kvm.api == nil {
+		r := hostcheck.ProbeKVM()
+		d.kvm.api = &r
+		d.log.InfoContext(ctx, "kvm api probe", "usable", r.Usable, "detail", r.Detail)
+	}
+	if !d.kvm.api.Usable || kernel == "" {
+		return *d.kvm.api, !d.kvm.api.Usable
+	}
+	if d.kvm.boot == nil || d.kvm.kernel != kernel {
+		qemu, err := exec.LookPath(d.cfg.Paths.Qemu)
+		if err != nil {
+			return *d.kvm.api, false
+		}
+		r := hostcheck.ProbeKVMBoot(ctx, qemu, kernel, 8*time.Second)
+		d.kvm.boot, d.kvm.kernel = &r, kernel
+		d.log.InfoContext(ctx, "kvm boot probe", "usable", r.Usable, "detail", r.Detail, "kernel", kernel)
+	}
+	return *d.kvm.boot, true
+}
+
+// probeKernel picks a guest kernel for the KVM boot probe: the default
+// image's, else any image's.
+func (d *Daemon) probeKernel(ctx context.Context) string {
+	imgs, err := d.store.ListImages(ctx)
+	if err != nil || len(imgs) == 0 {
+		return ""
+	}
+	pick := imgs[0]
+	for _, img := range imgs {
+		if img.Name == d.cfg.DefaultImage {
+			pick = img
+		}
+	}
+	return pick.KernelPath
+}
+
+// chooseVMM resolves config's vmm and accel for this host.
+func (d *Daemon) chooseVMM(ctx context.Context, kernel string) (vmm, accel, reason string) {
+	kvm, confirmed := d.kvmVerdict(ctx, kernel)
+	accel = d.cfg.Accel
+	if accel == "auto" {
+		accel = "tcg"
+		if kvm.Usable {
+			accel = "kvm"
+		}
+	}
+	switch d.cfg.VMM {
+	case "qemu", "firecracker":
+		return d.cfg.VMM, accel, "set in config"
+	}
+	_, fcErr := exec.LookPath(d.cfg.Paths.Firecracker)
+	switch {
+	case kvm.Usable && fcErr == nil:
+		return "firecracker", "kvm", "auto: KVM works and firecracker is installed"
+	case kvm.Usable:
+		return "qemu", accel, "auto: firecracker is not installed"
+	default:
+		note := ""
+		if !confirmed {
+			note = " (not yet confirmed by a kernel boot)"
+		}
+		return "qemu", accel, "auto: KVM cannot run guests here" + note + ": " + kvm.Detail
+	}
+}
+
+func (d *Daemon) doctor(ctx context.Context, _ noParams) (api.DoctorReport, error) {
+	var checks []hostcheck.Check
+	add := func(name string, st hostcheck.Status, detail, hint string) {
+		checks = append(checks, hostcheck.Check{Name: name, Status: st, Detail: detail, Hint: hint})
+	}
+
+	// KVM, for real: the API probe, then a guest kernel boot.
+	d.kvm.mu.Lock()
+	d.kvm.api, d.kvm.boot = nil, nil
+	d.kvm.mu.Unlock()
+	kernel := d.probeKernel(ctx)
+	kvm, confirmed := d.kvmVerdict(ctx, kernel)
+	switch {
+	case !kvm.DeviceExists:
+		add("kvm", hostcheck.Warn, kvm.Detail, "without KVM qemu runs guests with tcg (slower) and firecracker cannot run")
+	case kvm.Usable && confirmed:
+		add("kvm", hostcheck.OK, kvm.Detail, "")
+	case kvm.Usable:
+		add("kvm", hostcheck.Warn, "the KVM API works ("+kvm.Detail+"), but no guest kernel has been booted to confirm it", "build an image (banger image build), then run banger doctor again")
+	default:
+		if _, open, _ := hostcheck.CheckDevice("/dev/kvm"); !open && os.Geteuid() != 0 {
+			add("kvm", hostcheck.Warn, kvm.Detail, "add your user to the kvm group (sudo usermod -aG kvm $USER) and log in again; until then qemu uses tcg")
+		} else {
+			add("kvm", hostcheck.Warn, "KVM is present but cannot run an ordinary guest kernel: "+kvm.Detail, "qemu will use tcg (software emulation): VMs work, but boot slower; firecracker cannot run here")
+		}
+	}
+	vmm, accel, reason := d.chooseVMM(ctx, kernel)
+	add("vmm", hostcheck.OK, fmt.Sprintf("%s with %s (%s)", vmm, accel, reason), "")
+
+	qemuPath, qemuVer, qemuErr := hostcheck.BinaryVersion(ctx, d.cfg.Paths.Qemu)
+	if qemuErr != nil {
+		add("qemu", hostcheck.Fail, fmt.Sprintf("%s: %v", d.cfg.Paths.Qemu, qemuErr), "apt-get install qemu-system-x86")
+	} else {
+		add("qemu", hostcheck.OK, qemuPath+": "+qemuVer, "")
+	}
+	if p, v, err := hostcheck.BinaryVersion(ctx, d.cfg.Paths.Firecracker); err != nil {
+		st := hostcheck.Warn
+		if vmm == "firecracker" {
+			st = hostcheck.Fail
+		}
+		add("firecracker", st, fmt.Sprintf("%s: %v", d.cfg.Paths.Firecracker, err), "optional: install firecracker on a host where KVM works; qemu is used meanwhile")
+	} else {
+		add("firecracker", hostcheck.OK, p+": "+v, "")
+	}
+
+	if exists, open, _ := hostcheck.CheckDevice("/dev/net/tun"); !exists {
+		add("tun", hostcheck.Fail, "/dev/net/tun is missing", "load the tun module: modprobe tun")
+	} else if !open {
+		add("tun", hostcheck.OK, "/dev/net/tun exists but this user cannot open it; the root helper passes qemu its TAP as an open descriptor", "firecracker opens TAPs by name and needs /dev/net/tun usable by this user")
+	} else {
+		add("tun", hostcheck.OK, "/dev/net/tun usable", "")
+	}
+	if exists, _, _ := hostcheck.CheckDevice("/dev/loop-control"); exists {
+		add("loop", hostcheck.OK, "/dev/loop-control present", "")
+	} else {
+		add("loop", hostcheck.Warn, "/dev/loop-control is missing", "modprobe loop; without it the dm-snapshot overlay is unavailable")
+	}
+	if ok, detail := hostcheck.DeviceMapperAvailable(); ok {
+		add("device-mapper", hostcheck.OK, detail, "")
+	} else {
+		add("device-mapper", hostcheck.Warn, detail, "system overlays use reflink, qcow2 or sparse copies instead of dm-snapshot")
+	}
+	if ok, detail := hostcheck.NFTablesAvailable(); ok {
+		add("nftables", hostcheck.OK, detail, "")
+	} else {
+		add("nftables", hostcheck.Warn, detail, "guest egress NAT needs nf_tables: modprobe nf_tables")
+	}
+
+	hs := d.helperStatus(ctx)
+	switch {
+	case hs.Reachable && hs.Hint == "":
+		add("helper", hostcheck.OK, fmt.Sprintf("%s answers, version %s (pid %d)", hs.Socket, hs.Version, hs.PID), "")
+	case hs.Reachable:
+		add("helper", hostcheck.Warn, fmt.Sprintf("%s answers with version %s", hs.Socket, hs.Version), hs.Hint)
+	case os.Geteuid() == 0 && hs.Error == "not running":
+		add("helper", hostcheck.OK, hs.Socket+": not running; bangerd runs as root and starts it on demand", "")
+	default:
+		add("helper", hostcheck.Fail, hs.Socket+": "+hs.Error, hs.Hint)
+	}
+
+	if routes, err := hostcheck.IPv4Routes(); err != nil {
+		add("subnet", hostcheck.Warn, "reading routes: "+err.Error(), "")
+	} else if clash := hostcheck.SubnetClashes(routes, d.cfg.Subnet(), d.cfg.Network.Bridge); len(clash) > 0 {
+		var parts []string
+		for _, r := range clash {
+			parts = append(parts, r.Prefix.String()+" on "+r.Iface)
+		}
+		add("subnet", hostcheck.Fail, fmt.Sprintf("%s overlaps host route(s) %s", d.cfg.Network.Subnet, strings.Join(parts, ", ")), "set network.subnet in "+d.opts.ConfigPath+" to an unused /24")
+	} else {
+		add("subnet", hostcheck.OK, d.cfg.Network.Subnet+" on "+d.cfg.Network.Bridge+" clashes with no host route", "")
+	}
+
+	if free, err := hostcheck.FreeBytes(d.layout.StateDir); err != nil {
+		add("disk", hostcheck.Warn, err.Error(), "")
+	} else {
+		st, hint := hostcheck.OK, ""
+		switch {
+		case free < 2<<30:
+			st, hint = hostcheck.Fail, "free space under "+d.layout.StateDir+": an image needs about 2 GiB and each VM its work disk"
+		case free < 10<<30:
+			st, hint = hostcheck.Warn, "little space left for images and VM disks"
+		}
+		add("disk", st, fmt.Sprintf("%.1f GiB free under %s", float64(free)/(1<<30), d.layout.StateDir), hint)
+	}
+
+	var missing []string
+	for _, tool := range []string{"mke2fs", "e2fsck", "resize2fs", "debootstrap", "qemu-img", d.cfg.Paths.SSH} {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, tool)
+		}
+	}
+	if len(missing) > 0 {
+		add("tools", hostcheck.Fail, "missing: "+strings.Join(missing, ", "), "apt-get install e2fsprogs debootstrap qemu-utils openssh-client")
+	} else {
+		add("tools", hostcheck.OK, "mke2fs, e2fsck, resize2fs, debootstrap, qemu-img and ssh found", "")
+	}
+
+	imgs, err := d.store.ListImages(ctx)
+	if err != nil {
+		return api.DoctorReport{}, err
+	}
+	for _, img := range imgs {
+		if !img.HasWorkSeed() {
+			add("image "+img.Name, hostcheck.Warn, "has no work-seed: each VM's work disk is built the slow way", "banger image rebuild-seed "+img.Name)
+		}
+	}
+	return api.DoctorReport{Checks: checks, OK: !hasFail(checks)}, nil
+}
+
+func hasFail(cs []hostcheck.Check) bool {
+	for _, c := range cs {
+		if c.Status == hostcheck.Fail {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,88 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/helperapi"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/rpc"
+)
+
+// gatewayCIDR is the bridge's address: the subnet's first host, with the
+// subnet's prefix length (172.30.77.1/24).
+func (d *Daemon) gatewayCIDR() string {
+	p := d.cfg.Subnet()
+	return netip.PrefixFrom(p.Addr().Next(), p.Bits()).String()
+}
+
+// ensureNetwork makes the bridge and, when configured, the NAT table exist.
+// Each helper call is idempotent, so this runs before every VM start.
+func (d *Daemon) ensureNetwork(ctx context.Context) (api.NetworkStatus, error) {
+	st := d.networkConfig()
+	h, err := d.helperClient(ctx)
+	if err != nil {
+		return st, fmt.Errorf("setting up bridge %s: %w", st.Bridge, err)
+	}
+	br, err := h.EnsureBridge(ctx, helperapi.BridgeEnsureParams{Name: st.Bridge, CIDR: st.Gateway})
+	if err != nil {
+		return st, fmt.Errorf("setting up bridge %s: %w", st.Bridge, err)
+	}
+	st.BridgeUp = true
+	d.log.InfoContext(ctx, "bridge ready", "bridge", br.Name, "cidr", st.Gateway, "created", br.Created)
+	if d.cfg.Network.NAT {
+		nat, err := h.EnsureNAT(ctx, helperapi.NATEnsureParams{Subnet: st.Subnet, Bridge: st.Bridge})
+		if err != nil {
+			return st, fmt.Errorf("setting up NAT for %s: %w", st.Subnet, err)
+		}
+		st.NATTable = nat.Table
+		d.log.InfoContext(ctx, "nat ready", "table", nat.Table, "created", nat.Created)
+	}
+	return st, nil
+}
+
+func (d *Daemon) networkConfig() api.NetworkStatus {
+	return api.NetworkStatus{
+		Bridge:  d.cfg.Network.Bridge,
+		Subnet:  d.cfg.Network.Subnet,
+		Gateway: d.gatewayCIDR(),
+		Domain:  d.cfg.Network.Domain,
+		NAT:     d.cfg.Network.NAT,
+	}
+}
+
+func (d *Daemon) networkUp(ctx context.Context, _ noParams) (api.NetworkStatus, error) {
+	return d.ensureNetwork(ctx)
+}
+
+// networkDown removes NAT and the bridge; it refuses while VMs run.
+func (d *Daemon) networkDown(ctx context.Context, _ noParams) (api.NetworkStatus, error) {
+	st := d.networkConfig()
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return st, err
+	}
+	var running []string
+	for _, vm := range vms {
+		if vm.Runtime.State == model.StateRunning {
+			running = append(running, vm.Name)
+		}
+	}
+	if len(running) > 0 {
+		return st, rpc.WithHint(rpc.Errorf(rpc.ErrConflict, "bridge %s is in use by running VM(s) %v", st.Bridge, running), "stop them first: banger vm stop NAME")
+	}
+	h, err := d.helperClient(ctx)
+	if err != nil {
+		return st, err
+	}
+	if _, err := h.DeleteNAT(ctx, st.Bridge); err != nil {
+		return st, fmt.Errorf("removing NAT of %s: %w", st.Bridge, err)
+	}
+	if _, err := h.DeleteBridge(ctx, st.Bridge); err != nil {
+		return st, fmt.Errorf("removing bridge %s: %w", st.Bridge, err)
+	}
+	d.log.InfoContext(ctx, "network removed", "bridge", st.Bridge)
+	return st, nil
+}
