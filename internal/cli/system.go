@@ -177,4 +177,3 @@ func currentUser() string {
 	}
 	return "$USER"
 }
-
