@@ -25,7 +25,11 @@ func (a *app) client(ctx context.Context) (*rpc.Client, error) {
 	if err == nil {
 		return c, nil
 	}
-	if !rpc.IsUnreachable(err) {
+	// A daemon that answers with an error is there; anything else (no
+	// socket, a stale one, a connection reset by a daemon dying right now)
+	// means start one. Losing the start race to another is harmless.
+	var er *rpc.ErrorResponse
+	if errors.As(err, &er) {
 		return nil, err
 	}
 	if err := a.startDaemon(ctx, c); err != nil {
@@ -80,9 +84,12 @@ func (a *app) startDaemon(ctx context.Context, c *rpc.Client) error {
 	deadline := time.Now().Add(daemonStartTimeout)
 	var exitErr error
 	for time.Now().Before(deadline) {
-		if err := ping(ctx, c); err == nil {
+		err := ping(ctx, c)
+		if err == nil {
 			return nil
-		} else if !rpc.IsUnreachable(err) {
+		}
+		var er *rpc.ErrorResponse
+		if errors.As(err, &er) {
 			return err
 		}
 		select {

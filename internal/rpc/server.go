@@ -180,6 +180,7 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) {
 			cred, haveCred = c, true
 			ctx = context.WithValue(ctx, peerKey{}, c)
 		}
+		ctx = withFileSlot(ctx)
 	}
 
 	if s.ReadTimeout > 0 {
@@ -301,7 +302,7 @@ func (s *Server) finish(ctx context.Context, conn net.Conn, method string, start
 	}
 	out, _ := json.Marshal(resp)
 	out = append(out, '\n')
-	if _, werr := conn.Write(out); werr != nil {
+	if werr := writeResponse(ctx, conn, out, resp.Error == nil); werr != nil {
 		s.Logger.DebugContext(ctx, prefix+" reply not delivered", "method", method, "error", werr.Error())
 	}
 }

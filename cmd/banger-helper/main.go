@@ -1,0 +1,102 @@
+// Command banger-helper is banger's root helper: a small privileged server
+// on a unix socket (default /run/banger/helper.sock) that bangerd calls for
+// the few things that need root (bridges, TAPs, NAT, loop devices,
+// device-mapper snapshots, device ownership). It admits root and the uids
+// given with --allow-uid, and only touches files under the --state-dir
+// roots. See docs/helper.md; systemd runs it from banger-helper.service.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"github.com/banger-dev/banger/internal/helper"
+	"github.com/banger-dev/banger/internal/logging"
+	"github.com/banger-dev/banger/internal/version"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	o, showVersion, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "banger-helper:", err)
+		return 2
+	}
+	if showVersion {
+		fmt.Fprintln(stdout, "banger-helper", version.String())
+		return 0
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(stderr, "banger-helper: must run as root (Hint: it is started by systemd as banger-helper.service; see `banger system install`)")
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := helper.Run(ctx, o, stderr); err != nil {
+		fmt.Fprintln(stderr, "banger-helper:", err)
+		return 1
+	}
+	return 0
+}
+
+// parseFlags turns the command line into helper options.
+func parseFlags(args []string, stderr io.Writer) (helper.Options, bool, error) {
+	o := helper.DefaultOptions()
+	fs := flag.NewFlagSet("banger-helper", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.Socket, "socket", o.Socket, "unix socket to listen on")
+	mode := fs.String("socket-mode", fmt.Sprintf("%04o", uint32(o.SocketMode)), "socket file mode, octal")
+	fs.IntVar(&o.SocketGID, "socket-group", o.SocketGID, "gid owning the socket file (-1: root)")
+	fs.Func("allow-uid", "uid allowed to call the helper besides root (repeatable)", func(s string) error {
+		u, err := strconv.ParseUint(s, 10, 32)
+		if err != nil || u == 1<<32-1 {
+			return fmt.Errorf("not a uid: %q", s)
+		}
+		o.AllowUIDs = append(o.AllowUIDs, uint32(u))
+		return nil
+	})
+	fs.Func("state-dir", "state root whose files may back loop devices (repeatable, absolute)", func(s string) error {
+		o.StateDirs = append(o.StateDirs, s)
+		return nil
+	})
+	fs.StringVar(&o.LogFile, "log", "", "JSON log file (default: stderr)")
+	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return o, false, err
+	}
+	if fs.NArg() > 0 {
+		return o, false, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	m, err := strconv.ParseUint(*mode, 8, 32)
+	if err != nil || m > 0o777 {
+		return o, false, fmt.Errorf("--socket-mode %q: want an octal mode such as 0660", *mode)
+	}
+	o.SocketMode = os.FileMode(m)
+	if o.SocketGID < -1 {
+		return o, false, fmt.Errorf("--socket-group %d: want a gid or -1", o.SocketGID)
+	}
+	if *level == "" {
+		*level = "info"
+	}
+	if o.LogLevel, err = logging.ParseLevel(*level); err != nil {
+		return o, false, err
+	}
+	if o.LogFile == "-" {
+		o.LogFile = ""
+	}
+	return o, *showVersion, nil
+}

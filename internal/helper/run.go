@@ -1,0 +1,135 @@
+package helper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/banger-dev/banger/internal/logging"
+	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/runner"
+	"github.com/banger-dev/banger/internal/version"
+)
+
+// Options are banger-helper's flags.
+type Options struct {
+	// Socket is the unix socket to listen on.
+	Socket string
+	// SocketMode is the socket file's mode (default 0660).
+	SocketMode os.FileMode
+	// SocketGID is the socket file's group; -1 leaves it root's.
+	SocketGID int
+	// AllowUIDs may call the helper besides root.
+	AllowUIDs []uint32
+	// StateDirs are the state roots.
+	StateDirs []string
+	// LogFile receives the JSON log; "" means stderr.
+	LogFile string
+	// LogLevel is the lowest level logged.
+	LogLevel slog.Level
+}
+
+// DefaultOptions are the flags' defaults.
+func DefaultOptions() Options {
+	return Options{Socket: paths.HelperSocket, SocketMode: 0o660, SocketGID: -1}
+}
+
+// Run serves the helper on o.Socket until ctx is done, then waits for the
+// calls in flight and removes the socket.
+func Run(ctx context.Context, o Options, stderr io.Writer) error {
+	var w io.Writer = stderr
+	if o.LogFile != "" {
+		if err := os.MkdirAll(filepath.Dir(o.LogFile), 0o750); err != nil {
+			return fmt.Errorf("creating the log directory: %w", err)
+		}
+		f, err := os.OpenFile(o.LogFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE|unix.O_CLOEXEC, 0o640)
+		if err != nil {
+			return fmt.Errorf("opening the log: %w", err)
+		}
+		defer f.Close()
+		w = f
+	}
+	logger := logging.New(w, o.LogLevel, "helper")
+
+	h, err := New(Config{
+		AllowedUIDs: o.AllowUIDs,
+		SocketGID:   o.SocketGID,
+		StateDirs:   o.StateDirs,
+		Runner:      &runner.Exec{},
+		Logger:      logger,
+	})
+	if err != nil {
+		return err
+	}
+	for _, d := range o.StateDirs {
+		if _, err := os.Stat(d); err != nil {
+			logger.Warn("state root not present (yet); nothing under it can be attached until it exists", "state_dir", d)
+		}
+	}
+	ln, err := Listen(o.Socket, o.SocketMode, o.SocketGID)
+	if err != nil {
+		return err
+	}
+	srv := h.NewServer()
+	logger.Info("helper listening", "socket", o.Socket, "socket_mode", fmt.Sprintf("%04o", o.SocketMode),
+		"socket_gid", o.SocketGID, "allow_uids", o.AllowUIDs, "state_dirs", o.StateDirs,
+		"version", version.String(), "pid", os.Getpid())
+	err = srv.Serve(ctx, ln)
+	ln.Close()
+	if err != nil {
+		logger.Error("helper stopped", "error", err.Error())
+		return err
+	}
+	logger.Info("helper stopped")
+	return nil
+}
+
+// Listen creates the helper's socket at path with the given mode and group
+// (gid -1: root's). A stale socket is replaced; a live one (another helper
+// answering) is an error. The socket is created 0600 and only then opened up
+// to mode, and it is removed when the listener closes.
+func Listen(path string, mode os.FileMode, gid int) (*net.UnixListener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("creating the socket directory: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket; not replacing it", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another helper is already serving it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("removing the stale socket: %w", err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	old := unix.Umask(0o177)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	unix.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	ln.SetUnlinkOnClose(true)
+	if gid >= 0 {
+		if err := os.Lchown(path, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("giving %s to group %d: %w", path, gid, err)
+		}
+	}
+	if err := os.Chmod(path, mode.Perm()); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return ln, nil
+}

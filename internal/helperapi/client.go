@@ -1,0 +1,117 @@
+package helperapi
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/banger-dev/banger/internal/rpc"
+)
+
+// Client is bangerd's typed view of the helper. Each method validates its
+// arguments locally first (the helper validates them again) and forwards
+// the context's op id, so the helper's log lines carry the daemon's.
+type Client struct {
+	*rpc.Client
+}
+
+// NewClient returns a client for the helper's socket.
+func NewClient(socket string) *Client { return &Client{Client: rpc.NewClient(socket)} }
+
+func call[P interface{ Validate() error }, R any](ctx context.Context, c *Client, method string, p P) (R, error) {
+	var r R
+	if err := p.Validate(); err != nil {
+		return r, err
+	}
+	err := c.Call(ctx, method, p, &r)
+	return r, err
+}
+
+// Version asks for the helper's version, pid and methods.
+func (c *Client) Version(ctx context.Context) (VersionResult, error) {
+	return call[VersionParams, VersionResult](ctx, c, MethodVersion, VersionParams{})
+}
+
+// EnsureBridge creates the bridge if missing, gives it exactly the address
+// p.CIDR and brings it up.
+func (c *Client) EnsureBridge(ctx context.Context, p BridgeEnsureParams) (BridgeResult, error) {
+	return call[BridgeEnsureParams, BridgeResult](ctx, c, MethodBridgeEnsure, p)
+}
+
+// DeleteBridge deletes the bridge; a missing bridge is not an error.
+func (c *Client) DeleteBridge(ctx context.Context, name string) (DeleteResult, error) {
+	return call[BridgeDeleteParams, DeleteResult](ctx, c, MethodBridgeDelete, BridgeDeleteParams{Name: name})
+}
+
+// CreateTap creates the TAP (owned by p.UID/p.GID) if missing, attaches it
+// to p.Bridge and brings it up.
+func (c *Client) CreateTap(ctx context.Context, p TapCreateParams) (TapResult, error) {
+	return call[TapCreateParams, TapResult](ctx, c, MethodTapCreate, p)
+}
+
+// DeleteTap deletes the TAP; a missing TAP is not an error.
+func (c *Client) DeleteTap(ctx context.Context, name string) (DeleteResult, error) {
+	return call[TapDeleteParams, DeleteResult](ctx, c, MethodTapDelete, TapDeleteParams{Name: name})
+}
+
+// EnsureNAT (re)writes the bridge's NAT table and turns on IPv4 forwarding.
+func (c *Client) EnsureNAT(ctx context.Context, p NATEnsureParams) (NATResult, error) {
+	return call[NATEnsureParams, NATResult](ctx, c, MethodNATEnsure, p)
+}
+
+// DeleteNAT deletes the bridge's NAT table; a missing table is not an error.
+func (c *Client) DeleteNAT(ctx context.Context, bridge string) (DeleteResult, error) {
+	return call[NATDeleteParams, DeleteResult](ctx, c, MethodNATDelete, NATDeleteParams{Bridge: bridge})
+}
+
+// AttachLoop attaches the file at path (under a state root) to a loop
+// device, or returns the device it is already attached to.
+func (c *Client) AttachLoop(ctx context.Context, path string, readOnly bool) (LoopAttachResult, error) {
+	return call[LoopAttachParams, LoopAttachResult](ctx, c, MethodLoopAttach, LoopAttachParams{Path: path, ReadOnly: readOnly})
+}
+
+// DetachLoop detaches /dev/loopN; an unattached device is not an error, a
+// device still held (by a dm snapshot, say) is a conflict.
+func (c *Client) DetachLoop(ctx context.Context, device string) (DeleteResult, error) {
+	return call[LoopDetachParams, DeleteResult](ctx, c, MethodLoopDetach, LoopDetachParams{Device: device})
+}
+
+// CreateDMSnapshot creates the snapshot device if missing and chowns its
+// node to p.UID.
+func (c *Client) CreateDMSnapshot(ctx context.Context, p DMSnapshotCreateParams) (DMSnapshotResult, error) {
+	return call[DMSnapshotCreateParams, DMSnapshotResult](ctx, c, MethodDMSnapshotCreate, p)
+}
+
+// RemoveDMSnapshot removes the snapshot device; a missing one is not an
+// error.
+func (c *Client) RemoveDMSnapshot(ctx context.Context, name string) (DeleteResult, error) {
+	return call[DMSnapshotRemoveParams, DeleteResult](ctx, c, MethodDMSnapshotRemove, DMSnapshotRemoveParams{Name: name})
+}
+
+// ChownDevice makes uid the owner of a device node banger created.
+func (c *Client) ChownDevice(ctx context.Context, device string, uid uint32) (ChownDeviceResult, error) {
+	return call[ChownDeviceParams, ChownDeviceResult](ctx, c, MethodChownDevice, ChownDeviceParams{Device: device, UID: uid})
+}
+
+// OpenTap asks the helper to open the caller's TAP and returns the open
+// descriptor (the caller closes it), for qemu's -netdev tap,fd=N where the
+// VMM's user cannot open /dev/net/tun. Pass it to the VMM with
+// exec.Cmd.ExtraFiles.
+func (c *Client) OpenTap(ctx context.Context, name string) (*os.File, TapOpenResult, error) {
+	var r TapOpenResult
+	p := TapOpenParams{Name: name}
+	if err := p.Validate(); err != nil {
+		return nil, r, err
+	}
+	files, err := c.CallFiles(ctx, MethodTapOpen, p, &r)
+	if err != nil {
+		return nil, r, err
+	}
+	if len(files) != 1 {
+		for _, f := range files {
+			f.Close()
+		}
+		return nil, r, fmt.Errorf("tap.open %s: got %d file descriptors, want 1", name, len(files))
+	}
+	return files[0], r, nil
+}
