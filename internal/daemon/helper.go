@@ -33,6 +33,10 @@ func (d *Daemon) helperClient(ctx context.Context) (*helperapi.Client, error) {
 		d.checkHelperVersion(ctx, v)
 		return c, nil
 	}
+	if rpc.CodeOf(err) == rpc.CodeForbidden {
+		return nil, rpc.WithHint(fmt.Errorf("root helper at %s refuses uid %d: %w", d.layout.HelperSocket, os.Getuid(), err),
+			fmt.Sprintf("allow this user: sudo banger system install --user %s", currentUserName()))
+	}
 	if !rpc.IsUnreachable(err) {
 		return nil, fmt.Errorf("root helper at %s: %w", d.layout.HelperSocket, err)
 	}

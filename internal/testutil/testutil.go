@@ -25,6 +25,9 @@ import (
 // RequireRoot skips t unless the test runs as root.
 func RequireRoot(t testing.TB) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("root tier: skipped in -short mode (the unit tier)")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: the root tier runs as root (sudo go test ./...) or in CI")
 	}

@@ -20,19 +20,35 @@ import (
 
 var binDir string
 
+// envBinDir passes the built binaries to a test re-run in a namespace.
+const envBinDir = "BANGER_TEST_BIN_DIR"
+
 func TestMain(m *testing.M) {
+	if dir := os.Getenv(envBinDir); dir != "" {
+		binDir = dir
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "banger-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	build := exec.Command("go", "build", "-o", dir+"/", "github.com/banger-dev/banger/cmd/banger", "github.com/banger-dev/banger/cmd/bangerd")
+	// Other users (the unprivileged tests) run these binaries too.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	build := exec.Command("go", "build", "-o", dir+"/",
+		"github.com/banger-dev/banger/cmd/banger",
+		"github.com/banger-dev/banger/cmd/bangerd",
+		"github.com/banger-dev/banger/cmd/banger-helper")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building binaries:", err)
 		os.Exit(1)
 	}
 	binDir = dir
+	os.Setenv(envBinDir, dir)
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
@@ -41,9 +57,13 @@ func TestMain(m *testing.M) {
 // env is one isolated banger install.
 type env struct {
 	t        *testing.T
+	root     string
 	stateDir string
 	runDir   string
 	vars     []string
+	// cred, when set, runs the CLI (and so the daemon it starts) as
+	// another user.
+	cred *syscall.Credential
 }
 
 func newEnv(t *testing.T) *env {
@@ -53,7 +73,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, stateDir: filepath.Join(root, "state"), runDir: filepath.Join(root, "run")}
+	e := &env{t: t, root: root, stateDir: filepath.Join(root, "state"), runDir: filepath.Join(root, "run")}
 	e.vars = append(os.Environ(),
 		"BANGER_STATE_DIR="+e.stateDir,
 		"BANGER_RUNTIME_DIR="+e.runDir,
@@ -81,6 +101,9 @@ func (e *env) banger(args ...string) result {
 	e.t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, "banger"), args...)
 	cmd.Env = e.vars
+	if e.cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: e.cred}
+	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
