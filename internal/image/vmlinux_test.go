@@ -1,0 +1,106 @@
+package image
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/pierrec/lz4/v4"
+)
+
+// fakeELF is a minimal valid ELF64 header (no sections), enough for
+// debug/elf to accept it.
+func fakeELF(size int) []byte {
+	b := make([]byte, size)
+	copy(b, []byte{0x7f, 'E', 'L', 'F', 2, 1, 1, 0})
+	binary.LittleEndian.PutUint16(b[16:], 2)    // ET_EXEC
+	binary.LittleEndian.PutUint16(b[18:], 0x3e) // x86-64
+	binary.LittleEndian.PutUint32(b[20:], 1)
+	binary.LittleEndian.PutUint16(b[52:], 64) // ehsize
+	for i := 64; i < size; i++ {
+		b[i] = byte(i * 7)
+	}
+	return b
+}
+
+// bzImage wraps payload the way the kernel build does.
+func bzImage(payload []byte, size int) []byte {
+	const setupSects = 4
+	img := make([]byte, (setupSects+1)*512)
+	img[0x1f1] = setupSects
+	copy(img[0x202:], "HdrS")
+	off := 0x40
+	body := make([]byte, off)
+	p := append(append([]byte(nil), payload...), 0, 0, 0, 0)
+	binary.LittleEndian.PutUint32(p[len(p)-4:], uint32(size))
+	body = append(body, p...)
+	binary.LittleEndian.PutUint32(img[0x248:], uint32(off))
+	binary.LittleEndian.PutUint32(img[0x24c:], uint32(len(p)))
+	return append(img, body...)
+}
+
+func TestExtractVmlinuxGzipAndLz4(t *testing.T) {
+	elfData := fakeELF(3 << 20)
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(elfData)
+	zw.Close()
+
+	// Legacy lz4: magic, then [len][block] per 8 MiB chunk.
+	lzp := binary.LittleEndian.AppendUint32(nil, 0x184C2102)
+	blk := make([]byte, lz4.CompressBlockBound(len(elfData)))
+	n, err := lz4.CompressBlock(elfData, blk, nil)
+	if err != nil || n == 0 {
+		t.Fatalf("compress: %v", err)
+	}
+	lzp = binary.LittleEndian.AppendUint32(lzp, uint32(n))
+	lzp = append(lzp, blk[:n]...)
+
+	for name, payload := range map[string][]byte{"gzip": gz.Bytes(), "lz4": lzp} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			in := filepath.Join(dir, "vmlinuz")
+			os.WriteFile(in, bzImage(payload, len(elfData)), 0o644)
+			out := filepath.Join(dir, "vmlinux")
+			if err := ExtractVmlinux(in, out); err != nil {
+				t.Fatal(err)
+			}
+			got, _ := os.ReadFile(out)
+			if !bytes.Equal(got, elfData) || !IsELF(out) {
+				t.Fatal("extracted kernel differs or is not ELF")
+			}
+		})
+	}
+}
+
+func TestExtractVmlinuxRejects(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "notakernel")
+	os.WriteFile(bad, bytes.Repeat([]byte{1}, 4096), 0o644)
+	if err := ExtractVmlinux(bad, filepath.Join(dir, "out")); err == nil {
+		t.Fatal("accepted a file without a setup header")
+	}
+	zst := filepath.Join(dir, "zstd")
+	os.WriteFile(zst, bzImage([]byte{0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3}, 100), 0o644)
+	if err := ExtractVmlinux(zst, filepath.Join(dir, "out")); err == nil || !bytes.Contains([]byte(err.Error()), []byte("zstd")) {
+		t.Fatalf("zstd payload: %v", err)
+	}
+}
+
+// TestExtractRealKernel runs on a real Debian kernel when one is given.
+func TestExtractRealKernel(t *testing.T) {
+	k := os.Getenv("BANGER_TEST_KERNEL")
+	if k == "" {
+		t.Skip("BANGER_TEST_KERNEL not set (the image tests set it)")
+	}
+	out := filepath.Join(t.TempDir(), "vmlinux")
+	if err := ExtractVmlinux(k, out); err != nil {
+		t.Fatal(err)
+	}
+	if !IsELF(out) {
+		t.Fatal("not ELF")
+	}
+}
