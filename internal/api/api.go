@@ -3,10 +3,13 @@
 package api
 
 import (
+	"encoding/json"
 	"time"
 
 	"github.com/banger-dev/banger/internal/hostcheck"
+	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/rpc"
 )
 
 // Daemon methods.
@@ -84,4 +87,95 @@ const MethodDoctor = "daemon.doctor"
 type DoctorReport struct {
 	OK     bool              `json:"ok"`
 	Checks []hostcheck.Check `json:"checks"`
+}
+
+// Operation states.
+const (
+	OpRunning   = "running"
+	OpSucceeded = "succeeded"
+	OpFailed    = "failed"
+)
+
+// Stage states.
+const (
+	StagePending = "pending"
+	StageRunning = "running"
+	StageDone    = "done"
+	StageFailed  = "failed"
+)
+
+// Operation is a long-running job (an image build, a VM create). Its ID is
+// the op id dispatch minted for the call that began it, so the daemon's and
+// the helper's log lines of the whole job carry it.
+type Operation struct {
+	ID        string             `json:"id"`
+	Kind      string             `json:"kind"`
+	Target    string             `json:"target"`
+	State     string             `json:"state"`
+	Stages    []Stage            `json:"stages"`
+	Progress  string             `json:"progress,omitempty"`
+	LogPath   string             `json:"log_path,omitempty"`
+	StartedAt time.Time          `json:"started_at"`
+	EndedAt   *time.Time         `json:"ended_at,omitempty"`
+	Error     *rpc.ErrorResponse `json:"error,omitempty"`
+	Result    json.RawMessage    `json:"result,omitempty"`
+}
+
+// Stage is one step of an operation.
+type Stage struct {
+	Name       string `json:"name"`
+	State      string `json:"state"`
+	DurationMS int64  `json:"duration_ms,omitempty"`
+	Detail     string `json:"detail,omitempty"`
+}
+
+// OperationStatusParams asks for an operation's state. With WaitMS, the
+// call returns as soon as the operation changes, or after WaitMS.
+type OperationStatusParams struct {
+	OpID   string `json:"op_id"`
+	WaitMS int    `json:"wait_ms,omitempty"`
+}
+
+// Image methods.
+const (
+	MethodImageBuildBegin  = "image.build.begin"
+	MethodImageBuildStatus = "image.build.status"
+	MethodImageList        = "image.list"
+	MethodImageShow        = "image.show"
+	MethodImageDelete      = "image.delete"
+	MethodImageImport      = "image.import"
+	MethodImageRebuildSeed = "image.rebuild_seed"
+)
+
+// ImageBuildParams are the options of image build; empty fields take the
+// config's defaults.
+type ImageBuildParams struct {
+	Name          string   `json:"name"`
+	Suite         string   `json:"suite,omitempty"`
+	Mirror        string   `json:"mirror,omitempty"`
+	ExtraPackages []string `json:"extra_packages,omitempty"`
+	RootfsSize    int64    `json:"rootfs_size,omitempty"`
+}
+
+// ImageRef names an image.
+type ImageRef struct {
+	Name string `json:"name"`
+}
+
+// ImageImportParams registers a prebuilt set of files as an image. Dir is
+// searched for rootfs.ext4, vmlinux or vmlinuz, initrd.img and
+// work-seed.ext4; the explicit paths override what Dir holds.
+type ImageImportParams struct {
+	Name     string `json:"name"`
+	Dir      string `json:"dir,omitempty"`
+	Rootfs   string `json:"rootfs,omitempty"`
+	Kernel   string `json:"kernel,omitempty"`
+	Initrd   string `json:"initrd,omitempty"`
+	WorkSeed string `json:"work_seed,omitempty"`
+}
+
+// ImageInfo is an image as list and show report it.
+type ImageInfo struct {
+	model.Image
+	UsedBy []string `json:"used_by"`
 }

@@ -115,10 +115,11 @@ func Errorf(sentinel error, format string, args ...any) error {
 	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), sentinel)
 }
 
-// toErrorResponse builds the wire form of err for the op id. An op id that
+// NewErrorResponse builds the wire form of err for the op id: the code of
+// its sentinel (or of a nested *ErrorResponse), its hint, and its message. An op id that
 // an inner *ErrorResponse (from a nested call with the same id) already
 // appended is not repeated.
-func toErrorResponse(err error, opID string) *ErrorResponse {
+func NewErrorResponse(err error, opID string) *ErrorResponse {
 	msg := err.Error()
 	if opID != "" {
 		msg = strings.ReplaceAll(msg, " ("+opID+")", "")

@@ -338,7 +338,7 @@ func TestAuthorizeRefusalIsForbiddenAndLogged(t *testing.T) {
 
 func TestNestedErrorKeepsCodeWithoutRepeatingOpID(t *testing.T) {
 	inner := &ErrorResponse{Code: CodeConflict, Message: "tap busy", OpID: "op-123456"}
-	er := toErrorResponse(fmt.Errorf("creating network: %w", inner), "op-123456")
+	er := NewErrorResponse(fmt.Errorf("creating network: %w", inner), "op-123456")
 	if er.Code != CodeConflict || er.Message != "creating network: tap busy" {
 		t.Fatalf("got %+v", er)
 	}

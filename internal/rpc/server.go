@@ -276,7 +276,7 @@ func (s *Server) finish(ctx context.Context, conn net.Conn, method string, start
 		}
 	}
 	if err != nil {
-		resp.Error = toErrorResponse(err, id)
+		resp.Error = NewErrorResponse(err, id)
 	}
 	// Log before replying, so a caller that reads the log right after the
 	// reply (banger daemon logs --op) finds the line.

@@ -1,0 +1,69 @@
+package image
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/banger-dev/banger/internal/runner"
+)
+
+func TestMakeWorkSeedArgv(t *testing.T) {
+	scratch := t.TempDir()
+	os.MkdirAll(filepath.Join(scratch, "root", ".ssh"), 0o700)
+	os.WriteFile(filepath.Join(scratch, "root", ".bashrc"), []byte("x"), 0o644)
+	f := &runner.Fake{}
+	f.Expect("debugfs", "-R", "rdump /root "+scratch, "/img/rootfs.ext4")
+	f.Expect("mke2fs", "-q", "-F", "-t", "ext4", "-L", "banger-work", "-m", "0", "-E", "root_owner=0:0", "-d", filepath.Join(scratch, "root"), "/img/work-seed.ext4", "16M")
+	f.Expect("debugfs", "-w", "-f", filepath.Join(scratch, "chown.debugfs"), "/img/work-seed.ext4")
+	f.Expect("e2fsck", "-fn", "/img/work-seed.ext4")
+	if err := MakeWorkSeed(context.Background(), f, "/img/rootfs.ext4", "/img/work-seed.ext4", scratch); err != nil {
+		t.Fatal(err)
+	}
+	if u := f.Unmet(); len(u) > 0 {
+		t.Fatalf("not run: %v", u)
+	}
+	cmds, _ := os.ReadFile(filepath.Join(scratch, "chown.debugfs"))
+	for _, want := range []string{"sif /.bashrc uid 0", "sif /.ssh gid 0"} {
+		if !strings.Contains(string(cmds), want) {
+			t.Fatalf("chown commands lack %q:\n%s", want, cmds)
+		}
+	}
+}
+
+// TestMakeWorkSeedReal runs the real e2fsprogs on a small rootfs made here.
+func TestMakeWorkSeedReal(t *testing.T) {
+	for _, tool := range []string{"mke2fs", "debugfs", "e2fsck"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	dir := t.TempDir()
+	tree := filepath.Join(dir, "tree")
+	os.MkdirAll(filepath.Join(tree, "root", ".ssh"), 0o700)
+	os.MkdirAll(filepath.Join(tree, "etc"), 0o755)
+	os.WriteFile(filepath.Join(tree, "root", ".profile"), []byte("echo hi\n"), 0o644)
+	os.WriteFile(filepath.Join(tree, "etc", "hostname"), []byte("x\n"), 0o644)
+	rootfs := filepath.Join(dir, "rootfs.ext4")
+	r := &runner.Exec{}
+	if _, err := r.Run(context.Background(), "mke2fs", "-q", "-F", "-t", "ext4", "-d", tree, rootfs, "32M"); err != nil {
+		t.Fatal(err)
+	}
+	seed := filepath.Join(dir, "work-seed.ext4")
+	scratch := filepath.Join(dir, "scratch")
+	os.Mkdir(scratch, 0o700)
+	if err := MakeWorkSeed(context.Background(), r, rootfs, seed, scratch); err != nil {
+		t.Fatal(err)
+	}
+	out, err := r.Run(context.Background(), "debugfs", "-R", "cat /.profile", seed)
+	if err != nil || !strings.Contains(string(out), "echo hi") {
+		t.Fatalf("seed lacks /root/.profile: %q %v", out, err)
+	}
+	st, err := r.Run(context.Background(), "debugfs", "-R", "stat /.profile", seed)
+	if err != nil || !strings.Contains(string(st), "User:     0") {
+		t.Fatalf("owner not root: %s", st)
+	}
+}
