@@ -1,0 +1,64 @@
+// Package vmm is the interface bangerd drives VMs through, with one
+// implementation per VMM: qemu (microvm machine, QMP) and firecracker (its
+// HTTP API). A driver starts the VMM detached (its own session, so it
+// outlives bangerd), configures and boots the guest, asks it to shut down,
+// and finds it again after a daemon restart by its API socket.
+package vmm
+
+import (
+	"context"
+	"errors"
+	"os"
+)
+
+// Disk is one virtio block device. The first disk of a Spec is vda.
+type Disk struct {
+	ID       string // "rootfs", "work"
+	Path     string
+	Format   string // "raw" or "qcow2" (qemu only)
+	ReadOnly bool
+}
+
+// Spec is everything a driver needs to start one VM. Paths are absolute
+// and inside the VM's directory unless they are the image's.
+type Spec struct {
+	ID        string
+	Name      string
+	VCPUs     int
+	MemoryMiB int
+
+	Kernel  string // qemu: the bzImage (vmlinuz); firecracker: the ELF vmlinux
+	Initrd  string // optional
+	Cmdline string
+
+	Disks []Disk
+
+	TapName string   // the TAP device on the bridge
+	TapFile *os.File // an open TAP (qemu, unprivileged hosts); nil: open by name
+	MAC     string
+
+	Accel string // qemu: "kvm" or "tcg"
+
+	APISocket   string // qemu: QMP socket; firecracker: API socket
+	LogPath     string // the VMM's own output
+	ConsolePath string // the guest's serial console
+	MetricsPath string // firecracker metrics (FIFO or file)
+	VSockPath   string // firecracker vsock UDS
+	VSockCID    uint32
+}
+
+// Driver runs VMs with one VMM.
+type Driver interface {
+	// Name is "qemu" or "firecracker".
+	Name() string
+	// Start launches the VMM detached and boots the guest. It returns the
+	// VMM's pid once the guest is started (not once it is ready: readiness
+	// is SSH's business).
+	Start(ctx context.Context, s Spec) (pid int, err error)
+	// Shutdown asks the guest to power off (ACPI power button, or
+	// Ctrl-Alt-Del); the caller waits, then kills the process.
+	Shutdown(ctx context.Context, s Spec) error
+}
+
+// ErrNotRunning: the VMM is not there to ask.
+var ErrNotRunning = errors.New("vmm not running")
