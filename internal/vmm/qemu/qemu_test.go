@@ -1,0 +1,69 @@
+package qemu
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/banger-dev/banger/internal/vmm"
+)
+
+func spec() vmm.Spec {
+	return vmm.Spec{
+		ID: "abc", Name: "demo", VCPUs: 2, MemoryMiB: 512,
+		Kernel: "/i/vmlinuz", Initrd: "/i/initrd.img", Cmdline: "console=ttyS0 root=/dev/vda",
+		Disks: []vmm.Disk{
+			{ID: "rootfs", Path: "/v/root.qcow2", Format: "qcow2"},
+			{ID: "work", Path: "/v/work.ext4", Format: "raw"},
+		},
+		TapName: "tap-abc", MAC: "02:00:00:00:00:01", Accel: "tcg",
+		APISocket: "/v/qmp.sock", LogPath: "/v/vmm.log", ConsolePath: "/v/console.log",
+	}
+}
+
+func TestArgs(t *testing.T) {
+	args, err := Args(spec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(args, " ")
+	want := "-name banger-demo,process=banger-demo -M microvm,acpi=on,x-option-roms=off,isa-serial=on,rtc=on -accel tcg -cpu max -smp 2 -m 512 " +
+		"-nodefaults -no-user-config -display none -no-reboot -kernel /i/vmlinuz -initrd /i/initrd.img -append console=ttyS0 root=/dev/vda " +
+		"-chardev file,id=console,path=/v/console.log,append=on -serial chardev:console " +
+		"-drive id=vda,file=/v/root.qcow2,format=qcow2,if=none,cache=unsafe -device virtio-blk-device,drive=vda " +
+		"-drive id=vdb,file=/v/work.ext4,format=raw,if=none,cache=unsafe -device virtio-blk-device,drive=vdb " +
+		"-netdev tap,id=net0,ifname=tap-abc,script=no,downscript=no -device virtio-net-device,netdev=net0,mac=02:00:00:00:00:01 " +
+		"-qmp unix:/v/qmp.sock,server=on,wait=off"
+	if got != want {
+		t.Fatalf("argv\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestArgsKVMAndTapFD(t *testing.T) {
+	s := spec()
+	s.Accel = "kvm"
+	s.TapFile = os.Stdin
+	args, _ := Args(s)
+	got := strings.Join(args, " ")
+	for _, want := range []string{"-accel kvm -cpu host", "-netdev tap,id=net0,fd=3 "} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("argv lacks %q: %s", want, got)
+		}
+	}
+}
+
+func TestArgsRefusesInjection(t *testing.T) {
+	for name, mut := range map[string]func(*vmm.Spec){
+		"comma in disk":   func(s *vmm.Spec) { s.Disks[0].Path = "/v/x,file=/etc/shadow" },
+		"comma in kernel": func(s *vmm.Spec) { s.Kernel = "/i/k,x" },
+		"bad accel":       func(s *vmm.Spec) { s.Accel = "hvf" },
+		"bad format":      func(s *vmm.Spec) { s.Disks[1].Format = "vmdk" },
+		"no disks":        func(s *vmm.Spec) { s.Disks = nil },
+	} {
+		s := spec()
+		mut(&s)
+		if _, err := Args(s); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
