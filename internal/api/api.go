@@ -179,3 +179,55 @@ type ImageInfo struct {
 	model.Image
 	UsedBy []string `json:"used_by"`
 }
+
+// VM methods.
+const (
+	MethodVMCreateBegin  = "vm.create.begin"
+	MethodVMCreateStatus = "vm.create.status"
+	MethodVMStartBegin   = "vm.start.begin"
+	MethodVMStartStatus  = "vm.start.status"
+	MethodVMStop         = "vm.stop"
+	MethodVMDelete       = "vm.delete"
+	MethodVMList         = "vm.list"
+	MethodVMShow         = "vm.show"
+	MethodVMSSHInfo      = "vm.ssh_info"
+)
+
+// VMCreateParams are the options of vm create; zero values take the
+// config's defaults.
+type VMCreateParams struct {
+	Name          string `json:"name"`
+	Image         string `json:"image,omitempty"`
+	VCPUs         int    `json:"vcpus,omitempty"`
+	MemoryMiB     int    `json:"memory_mib,omitempty"`
+	DiskSizeBytes int64  `json:"disk_size_bytes,omitempty"`
+	// BuildImage builds the default image first when it does not exist.
+	BuildImage bool `json:"build_image,omitempty"`
+}
+
+// VMRef names a VM by name, id or unique id prefix.
+type VMRef struct {
+	Name string `json:"name"`
+	// Force skips the graceful shutdown (stop, delete).
+	Force bool `json:"force,omitempty"`
+}
+
+// VMInfo is a VM as list and show report it.
+type VMInfo struct {
+	model.VM
+	Alive   bool             `json:"alive"`
+	Handles *model.VMHandles `json:"handles,omitempty"`
+	// LastBoot holds the stages of the last create or start, with
+	// durations, while the daemon remembers them.
+	LastBoot []Stage `json:"last_boot,omitempty"`
+}
+
+// SSHInfo is what the CLI needs to run the system's ssh against a VM.
+type SSHInfo struct {
+	Name       string `json:"name"`
+	User       string `json:"user"`
+	Host       string `json:"host"`
+	KeyPath    string `json:"key_path"`
+	KnownHosts string `json:"known_hosts"`
+	Alias      string `json:"alias"`
+}

@@ -1,0 +1,228 @@
+// Package disk makes a VM's disks from its image, unprivileged and without
+// mounting anything: the system overlay over the read-only rootfs, and the
+// work disk cloned from the image's work-seed (or built from scratch when
+// the image has none) and grown to the VM's size, with the install's SSH
+// key in /root/.ssh/authorized_keys.
+package disk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/banger-dev/banger/internal/runner"
+)
+
+// Overlay strategies, best first. dm-snapshot needs device-mapper and the
+// root helper and is set up by the daemon; the others are files here.
+const (
+	StrategyDMSnapshot = "dm-snapshot"
+	StrategyReflink    = "reflink"
+	StrategyQcow2      = "qcow2"
+	StrategySparseCopy = "sparse-copy"
+)
+
+// ErrUnsupported: the strategy does not work on this file system or VMM.
+var ErrUnsupported = errors.New("strategy not supported here")
+
+// Overlay makes the VM's system disk in dir from base by strategy and
+// returns its path and format ("raw" or "qcow2").
+func Overlay(ctx context.Context, r runner.Runner, strategy, base, dir string) (path, format string, err error) {
+	switch strategy {
+	case StrategyReflink:
+		path = filepath.Join(dir, "root.ext4")
+		if err := Reflink(base, path); err != nil {
+			return "", "", err
+		}
+		return path, "raw", nil
+	case StrategyQcow2:
+		path = filepath.Join(dir, "root.qcow2")
+		if _, err := r.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, path); err != nil {
+			return "", "", fmt.Errorf("qcow2 overlay: %w", err)
+		}
+		return path, "qcow2", nil
+	case StrategySparseCopy:
+		path = filepath.Join(dir, "root.ext4")
+		if err := CopySparse(base, path); err != nil {
+			return "", "", fmt.Errorf("sparse copy of %s: %w", base, err)
+		}
+		return path, "raw", nil
+	}
+	return "", "", fmt.Errorf("overlay strategy %q: %w", strategy, ErrUnsupported)
+}
+
+// Reflink clones src to a new dst sharing its blocks (FICLONE): instant on
+// btrfs, xfs and the like; ErrUnsupported elsewhere (ext4).
+func Reflink(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlFileClone(int(out.Fd()), int(in.Fd())); err != nil {
+		out.Close()
+		os.Remove(dst)
+		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOTTY) {
+			return fmt.Errorf("reflink %s: %w (%v)", src, ErrUnsupported, err)
+		}
+		return fmt.Errorf("reflink %s: %w", src, err)
+	}
+	return out.Close()
+}
+
+// CopySparse copies src to a new file dst, leaving holes where src has
+// all-zero 64 KiB blocks, so a mostly empty disk image stays small.
+func CopySparse(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := copySparse(in, out, st.Size()); err != nil {
+		out.Close()
+		os.Remove(dst)
+		return err
+	}
+	return out.Close()
+}
+
+func copySparse(in *os.File, out *os.File, size int64) error {
+	buf := make([]byte, 64<<10)
+	var off int64
+	for {
+		n, rerr := io.ReadFull(in, buf)
+		if n > 0 {
+			if !allZero(buf[:n]) {
+				if _, err := out.WriteAt(buf[:n], off); err != nil {
+					return err
+				}
+			}
+			off += int64(n)
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+	return out.Truncate(size)
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// WorkDisk makes the VM's work disk at out: a clone of seed (reflink when
+// the file system can, else a sparse copy) grown to size with e2fsck and
+// resize2fs, or, without a seed, a fresh ext4 of that size. Then the
+// public key is written to /root/.ssh/authorized_keys (the disk's
+// /.ssh/authorized_keys), owned by root, mode 0600.
+func WorkDisk(ctx context.Context, r runner.Runner, seed, out string, size int64, pubKeyFile string) (fromSeed bool, err error) {
+	if seed != "" {
+		if err := Reflink(seed, out); err != nil {
+			if !errors.Is(err, ErrUnsupported) {
+				return false, err
+			}
+			if err := CopySparse(seed, out); err != nil {
+				return false, fmt.Errorf("copying work-seed: %w", err)
+			}
+		}
+		st, err := os.Stat(out)
+		if err != nil {
+			return true, err
+		}
+		if size > st.Size() {
+			if err := os.Truncate(out, size); err != nil {
+				return true, err
+			}
+			// resize2fs wants a freshly checked file system.
+			if _, err := r.Run(ctx, "e2fsck", "-f", "-y", out); err != nil && !fsckFixed(err) {
+				return true, fmt.Errorf("checking work disk: %w", err)
+			}
+			if _, err := r.Run(ctx, "resize2fs", "-f", out); err != nil {
+				return true, fmt.Errorf("growing work disk: %w", err)
+			}
+		}
+		fromSeed = true
+	} else {
+		if _, err := r.Run(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-L", "banger-work", "-m", "0",
+			"-E", "root_owner=0:0", out, strconv.FormatInt(size/1024, 10)+"k"); err != nil {
+			return false, fmt.Errorf("making work disk: %w", err)
+		}
+	}
+	return fromSeed, InstallAuthorizedKey(ctx, r, out, pubKeyFile)
+}
+
+// InstallAuthorizedKey writes pubKeyFile as /.ssh/authorized_keys of the
+// ext4 image disk with debugfs (no mount, no root).
+func InstallAuthorizedKey(ctx context.Context, r runner.Runner, disk, pubKeyFile string) error {
+	if strings.ContainsAny(pubKeyFile, " \t\n\"'\\") {
+		return fmt.Errorf("key path %q: debugfs cannot take whitespace or quotes", pubKeyFile)
+	}
+	cmds := strings.Join([]string{
+		"mkdir .ssh",
+		"sif .ssh mode 040700",
+		"sif .ssh uid 0",
+		"sif .ssh gid 0",
+		"rm .ssh/authorized_keys",
+		"write " + pubKeyFile + " .ssh/authorized_keys",
+		"sif .ssh/authorized_keys mode 0100600",
+		"sif .ssh/authorized_keys uid 0",
+		"sif .ssh/authorized_keys gid 0",
+	}, "\n") + "\n"
+	cmdFile := disk + ".debugfs"
+	if err := os.WriteFile(cmdFile, []byte(cmds), 0o600); err != nil {
+		return err
+	}
+	defer os.Remove(cmdFile)
+	// debugfs reports per-command errors (mkdir of an existing .ssh, rm of
+	// a missing file) on stderr and goes on; the result is checked below.
+	if _, err := r.Run(ctx, "debugfs", "-w", "-f", cmdFile, disk); err != nil {
+		return fmt.Errorf("writing authorized_keys: %w", err)
+	}
+	out, err := r.Run(ctx, "debugfs", "-R", "cat /.ssh/authorized_keys", disk)
+	if err != nil {
+		return fmt.Errorf("reading back authorized_keys: %w", err)
+	}
+	want, err := os.ReadFile(pubKeyFile)
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(string(out), strings.TrimSpace(string(want))) {
+		return fmt.Errorf("authorized_keys on %s does not hold the key", disk)
+	}
+	return nil
+}
+
+// fsckFixed reports whether e2fsck's failure is exit status 1: errors were
+// found and corrected, which is success for a copy being prepared.
+func fsckFixed(err error) bool {
+	var ee *exec.ExitError
+	return errors.As(err, &ee) && ee.ExitCode() == 1
+}

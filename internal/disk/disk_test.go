@@ -1,0 +1,121 @@
+package disk
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/banger-dev/banger/internal/runner"
+)
+
+func needTools(t *testing.T, tools ...string) {
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+}
+
+// TestWorkDiskFromSeedReal clones a real seed, grows it and installs the key
+// with the real e2fsprogs; then checks size, fsck and the key.
+func TestWorkDiskFromSeedReal(t *testing.T) {
+	needTools(t, "mke2fs", "e2fsck", "resize2fs", "debugfs")
+	dir := t.TempDir()
+	tree := filepath.Join(dir, "root")
+	os.MkdirAll(tree, 0o700)
+	os.WriteFile(filepath.Join(tree, ".profile"), []byte("x\n"), 0o644)
+	r := &runner.Exec{}
+	ctx := context.Background()
+	seed := filepath.Join(dir, "seed.ext4")
+	if _, err := r.Run(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-d", tree, seed, "16M"); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(dir, "id.pub")
+	os.WriteFile(key, []byte("ssh-ed25519 AAAATEST banger\n"), 0o644)
+	out := filepath.Join(dir, "work.ext4")
+	fromSeed, err := WorkDisk(ctx, r, seed, out, 256<<20, key)
+	if err != nil || !fromSeed {
+		t.Fatalf("WorkDisk: %v (fromSeed %v)", err, fromSeed)
+	}
+	st, _ := os.Stat(out)
+	if st.Size() != 256<<20 {
+		t.Fatalf("size %d", st.Size())
+	}
+	if _, err := r.Run(ctx, "e2fsck", "-fn", out); err != nil {
+		t.Fatalf("fsck after grow: %v", err)
+	}
+	info, _ := r.Run(ctx, "debugfs", "-R", "stat /.ssh/authorized_keys", out)
+	if !strings.Contains(string(info), "Mode:  0600") || !strings.Contains(string(info), "User:     0") {
+		t.Fatalf("authorized_keys mode/owner:\n%s", info)
+	}
+	prof, _ := r.Run(ctx, "debugfs", "-R", "cat /.profile", out)
+	if string(prof) != "x\n" {
+		t.Fatalf("seed content lost: %q", prof)
+	}
+	// Block count grew with the file.
+	df, _ := r.Run(ctx, "dumpe2fs", "-h", out)
+	if !strings.Contains(string(df), "Block count:              262144") && !strings.Contains(string(df), "Block count:              65536") {
+		t.Fatalf("file system not grown:\n%s", df)
+	}
+}
+
+func TestWorkDiskWithoutSeedArgv(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "id.pub")
+	os.WriteFile(key, []byte("ssh-ed25519 K\n"), 0o644)
+	out := filepath.Join(dir, "work.ext4")
+	f := &runner.Fake{}
+	f.Expect("mke2fs", "-q", "-F", "-t", "ext4", "-L", "banger-work", "-m", "0", "-E", "root_owner=0:0", out, "1048576k")
+	f.Expect("debugfs", "-w", "-f", out+".debugfs", out)
+	f.Expect("debugfs", "-R", "cat /.ssh/authorized_keys", out).Returns("ssh-ed25519 K\n")
+	fromSeed, err := WorkDisk(context.Background(), f, "", out, 1<<30, key)
+	if err != nil || fromSeed {
+		t.Fatalf("%v %v", err, fromSeed)
+	}
+	if u := f.Unmet(); len(u) > 0 {
+		t.Fatal(u)
+	}
+}
+
+func TestOverlayQcow2Argv(t *testing.T) {
+	f := &runner.Fake{}
+	f.Expect("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/img/rootfs.ext4", "/vm/root.qcow2")
+	p, format, err := Overlay(context.Background(), f, StrategyQcow2, "/img/rootfs.ext4", "/vm")
+	if err != nil || p != "/vm/root.qcow2" || format != "qcow2" {
+		t.Fatalf("%s %s %v", p, format, err)
+	}
+}
+
+func TestSparseCopyKeepsHoles(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	f, _ := os.Create(src)
+	f.WriteAt([]byte("head"), 0)
+	f.WriteAt([]byte("tail"), 64<<20)
+	f.Close()
+	dst := filepath.Join(dir, "dst")
+	if err := CopySparse(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(src)
+	b, _ := os.ReadFile(dst)
+	if string(a) != string(b) {
+		t.Fatal("content differs")
+	}
+	var st1 = statBlocks(t, dst)
+	if st1 > 1024 { // 512-byte blocks: well under 512 KiB allocated
+		t.Fatalf("copy is not sparse: %d blocks", st1)
+	}
+}
+
+func statBlocks(t *testing.T, p string) int64 {
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Blocks
+}
