@@ -15,7 +15,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/rpc"
 	"github.com/banger-dev/banger/internal/store"
@@ -42,10 +44,23 @@ type Daemon struct {
 
 	helperMu sync.Mutex
 	kvm      kvmCache
+	ops      *opRegistry
+
+	allocMu   sync.Mutex // IP and CID allocation
+	keyMu     sync.Mutex
+	handlesMu sync.Mutex
+	handles   map[string]*model.VMHandles
+	lastBoot  map[string][]api.Stage
+	vmLocks   map[string]*vmLock
+
+	imagesMu    sync.Mutex
+	imageBuilds map[string]string // image name -> op id of its running build
 
 	stopOnce sync.Once
 	stop     context.CancelFunc
 }
+
+type vmLock struct{ sync.Mutex }
 
 // Run starts bangerd and serves until ctx is done or daemon.stop is called.
 // It refuses to start when another bangerd of the same user holds the lock.
@@ -82,9 +97,16 @@ func Run(ctx context.Context, opts Options) error {
 		store:   st,
 		started: time.Now(),
 		stop:    cancel,
+
+		ops:         newOpRegistry(),
+		imageBuilds: map[string]string{},
+		handles:     map[string]*model.VMHandles{},
+		lastBoot:    map[string][]api.Stage{},
+		vmLocks:     map[string]*vmLock{},
 	}
 	srv := rpc.NewServer("", d.log)
 	d.register(srv)
+	d.reconcileImages(ctx)
 
 	d.log.Info("bangerd started",
 		"pid", os.Getpid(), "version", version.String(), "socket", l.DaemonSocket(),

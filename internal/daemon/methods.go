@@ -18,6 +18,22 @@ func (d *Daemon) register(s *rpc.Server) {
 	rpc.Register(s, api.MethodNetworkUp, d.networkUp)
 	rpc.Register(s, api.MethodNetworkDown, d.networkDown)
 	rpc.Register(s, api.MethodDoctor, d.doctor)
+	rpc.Register(s, api.MethodImageBuildBegin, d.imageBuildBegin)
+	rpc.Register(s, api.MethodImageBuildStatus, d.imageBuildStatus)
+	rpc.Register(s, api.MethodImageList, d.imageList)
+	rpc.Register(s, api.MethodImageShow, d.imageShow)
+	rpc.Register(s, api.MethodImageDelete, d.imageDelete)
+	rpc.Register(s, api.MethodImageRebuildSeed, d.imageRebuildSeed)
+	rpc.Register(s, api.MethodImageImport, d.imageImport)
+	rpc.Register(s, api.MethodVMCreateBegin, d.vmCreateBegin)
+	rpc.Register(s, api.MethodVMCreateStatus, d.operationStatus)
+	rpc.Register(s, api.MethodVMStartBegin, d.vmStartBegin)
+	rpc.Register(s, api.MethodVMStartStatus, d.operationStatus)
+	rpc.Register(s, api.MethodVMStop, d.vmStop)
+	rpc.Register(s, api.MethodVMDelete, d.vmDelete)
+	rpc.Register(s, api.MethodVMList, d.vmList)
+	rpc.Register(s, api.MethodVMShow, d.vmShow)
+	rpc.Register(s, api.MethodVMSSHInfo, d.vmSSHInfo)
 }
 
 type noParams struct{}

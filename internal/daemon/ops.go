@@ -175,4 +175,3 @@ func (o *operation) finish(result any, err error) {
 	}
 	o.notifyLocked()
 }
-

@@ -3,7 +3,8 @@
 // the methods of internal/helperapi, and it does the privileged mechanics and
 // nothing else: bridges and TAPs (netlink), NAT (nftables), loop devices
 // (ioctls), device-mapper snapshots (dmsetup) and the ownership of the device
-// nodes it made.
+// nodes it made, and the image build steps that need root (debootstrap,
+// chroot, mke2fs as root) in a scratch directory of its own.
 //
 // Every call goes through the same gate, in this order:
 //
@@ -26,6 +27,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -56,6 +58,14 @@ type Config struct {
 	// SysRoot and DevRoot are /sys and /dev; tests point them elsewhere.
 	SysRoot string
 	DevRoot string
+	// BuildDir is the root-only scratch directory of image builds
+	// (image.go); "" turns the image methods off (they answer
+	// unavailable). Made 0700 at New, and emptied of stale builds.
+	BuildDir string
+	// ImageRunner returns the runner of one image build step, whose
+	// command output goes to log. Default: a copy of Runner with Log set
+	// when Runner is a *runner.Exec, else Runner itself (a test's Fake).
+	ImageRunner func(log io.Writer) runner.Runner
 }
 
 // Helper serves the helper's methods.
@@ -67,6 +77,11 @@ type Helper struct {
 	// mu serialises every method that changes the host, so that measure,
 	// act and verify see no other call of this helper in between.
 	mu sync.Mutex
+	// builds serialises the steps of each image build (image.go); image
+	// steps take minutes and do not hold mu.
+	builds buildLocks
+	// buildErr is why the image methods are off, when they are.
+	buildErr error
 }
 
 // New checks cfg and returns a helper.
@@ -94,6 +109,9 @@ func New(cfg Config) (*Helper, error) {
 		if err := helperapi.ValidatePath("state-dir", d); err != nil {
 			return nil, err
 		}
+	}
+	if err := h.initImages(); err != nil {
+		return nil, err
 	}
 	return h, nil
 }
@@ -134,6 +152,11 @@ func (h *Helper) Register(s *rpc.Server) {
 	handle(h, s, helperapi.MethodDMSnapshotCreate, true, h.dmSnapshotCreate)
 	handle(h, s, helperapi.MethodDMSnapshotRemove, true, h.dmSnapshotRemove)
 	handle(h, s, helperapi.MethodChownDevice, true, h.chownDevice)
+	// Image steps run for minutes: they take a lock per build, not mu.
+	handle(h, s, helperapi.MethodImageBootstrap, false, h.imageBootstrap)
+	handle(h, s, helperapi.MethodImageConfigure, false, h.imageConfigure)
+	handle(h, s, helperapi.MethodImagePack, false, h.imagePack)
+	handle(h, s, helperapi.MethodImageDiscard, false, h.imageDiscard)
 }
 
 // handle registers fn behind the gate: peer known, params valid, and the

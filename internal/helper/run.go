@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/logging"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/runner"
@@ -31,6 +32,8 @@ type Options struct {
 	AllowUIDs []uint32
 	// StateDirs are the state roots.
 	StateDirs []string
+	// BuildDir is the root-only scratch directory of image builds.
+	BuildDir string
 	// LogFile receives the JSON log; "" means stderr.
 	LogFile string
 	// LogLevel is the lowest level logged.
@@ -39,7 +42,7 @@ type Options struct {
 
 // DefaultOptions are the flags' defaults.
 func DefaultOptions() Options {
-	return Options{Socket: paths.HelperSocket, SocketMode: 0o660, SocketGID: -1}
+	return Options{Socket: paths.HelperSocket, SocketMode: 0o660, SocketGID: -1, BuildDir: helperapi.DefaultBuildDir}
 }
 
 // Run serves the helper on o.Socket until ctx is done, then waits for the
@@ -63,6 +66,7 @@ func Run(ctx context.Context, o Options, stderr io.Writer) error {
 		AllowedUIDs: o.AllowUIDs,
 		SocketGID:   o.SocketGID,
 		StateDirs:   o.StateDirs,
+		BuildDir:    o.BuildDir,
 		Runner:      &runner.Exec{},
 		Logger:      logger,
 	})
@@ -80,7 +84,7 @@ func Run(ctx context.Context, o Options, stderr io.Writer) error {
 	}
 	srv := h.NewServer()
 	logger.Info("helper listening", "socket", o.Socket, "socket_mode", fmt.Sprintf("%04o", o.SocketMode),
-		"socket_gid", o.SocketGID, "allow_uids", o.AllowUIDs, "state_dirs", o.StateDirs,
+		"socket_gid", o.SocketGID, "allow_uids", o.AllowUIDs, "state_dirs", o.StateDirs, "build_dir", o.BuildDir,
 		"version", version.String(), "pid", os.Getpid())
 	err = srv.Serve(ctx, ln)
 	ln.Close()

@@ -1,0 +1,458 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/rpc"
+)
+
+func (a *app) vmCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "vm",
+		Short: "Create, run, reach and remove microVMs",
+		Long: `A VM boots an image with its own system overlay, a persistent work disk at
+/root, an address on the bridge, a DNS name (<name>.<domain>) and SSH access
+with the install's key.`,
+	}
+	cmd.AddCommand(a.vmCreateCommand(), a.vmRunCommand(), a.vmSSHCommand(), a.vmListCommand(),
+		a.vmShowCommand(), a.vmStopCommand(), a.vmStartCommand(), a.vmRestartCommand(),
+		a.vmDeleteCommand(), a.vmLogsCommand())
+	return cmd
+}
+
+type createFlags struct {
+	p        api.VMCreateParams
+	disk     string
+	noBuild  bool
+	rm       bool
+	detached bool
+}
+
+func (f *createFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.p.Name, "name", "", "VM name: a DNS label (required)")
+	fl.StringVar(&f.p.Image, "image", "", "image to boot (default: default_image in config)")
+	fl.IntVar(&f.p.VCPUs, "vcpus", 0, "virtual CPUs (default: vm.vcpus in config)")
+	fl.IntVar(&f.p.MemoryMiB, "memory", 0, "memory in MiB (default: vm.memory_mib in config)")
+	fl.StringVar(&f.disk, "disk-size", "", "work disk size, e.g. 4G (default: vm.disk_size in config)")
+	fl.BoolVar(&f.noBuild, "no-build", false, "fail instead of building the default image when it does not exist")
+}
+
+func (f *createFlags) params() (api.VMCreateParams, error) {
+	p := f.p
+	if p.Name == "" {
+		return p, usageErrorf("--name is required")
+	}
+	if f.disk != "" {
+		s, err := config.ParseSize(f.disk)
+		if err != nil {
+			return p, usageErrorf("--disk-size: %v", err)
+		}
+		p.DiskSizeBytes = int64(s)
+	}
+	p.BuildImage = !f.noBuild
+	return p, nil
+}
+
+// createVM begins a create and follows it to the end.
+func (a *app) createVM(ctx context.Context, c *rpc.Client, p api.VMCreateParams) (api.VMInfo, error) {
+	var o api.Operation
+	if err := c.Call(ctx, api.MethodVMCreateBegin, p, &o); err != nil {
+		return api.VMInfo{}, err
+	}
+	if a.output == "text" {
+		fmt.Fprintf(a.stderr, "creating vm %s (%s)\n", p.Name, o.ID)
+	}
+	final, err := a.follow(ctx, c, api.MethodVMCreateStatus, o)
+	if err != nil {
+		return api.VMInfo{}, err
+	}
+	var info api.VMInfo
+	_ = json.Unmarshal(final.Result, &info)
+	return info, nil
+}
+
+func (a *app) vmCreateCommand() *cobra.Command {
+	var f createFlags
+	cmd := &cobra.Command{
+		Use:   "create --name NAME",
+		Short: "Create and boot a VM, showing each stage as it completes",
+		Example: `  banger vm create --name web
+  banger vm create --name big --vcpus 4 --memory 4096 --disk-size 20G`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := f.params()
+			if err != nil {
+				return err
+			}
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			info, err := a.createVM(cmd.Context(), c, p)
+			if err != nil {
+				return err
+			}
+			return a.showVM(info)
+		},
+	}
+	f.register(cmd)
+	return cmd
+}
+
+func (a *app) vmRunCommand() *cobra.Command {
+	var f createFlags
+	cmd := &cobra.Command{
+		Use:   "run --name NAME [--rm] -- COMMAND [ARGS...]",
+		Short: "Create and boot a VM, run a command in it over SSH, exit with its status",
+		Long: `Creates the VM (or reuses it when it already runs), runs the command as root
+over SSH with stdout and stderr streamed, and exits with the command's exit
+status. --rm deletes the VM afterwards. Progress goes to stderr.`,
+		Example: `  banger vm run --name demo -- cat /etc/hostname
+  banger vm run --name ci --rm -- sh -c 'cd /root && make test'`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.ArgsLenAtDash() < 0 || len(args) == 0 {
+				return usageErrorf("give the command after --: banger vm run --name NAME -- COMMAND")
+			}
+			p, err := f.params()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			c, err := a.client(ctx)
+			if err != nil {
+				return err
+			}
+			var existing api.VMInfo
+			if err := c.Call(ctx, api.MethodVMShow, api.VMRef{Name: p.Name}, &existing); err == nil && existing.Alive {
+				// reuse a running VM of that name
+			} else if _, err := a.createVM(ctx, c, p); err != nil {
+				return err
+			}
+			code, runErr := a.sshRun(ctx, c, p.Name, args, false)
+			if f.rm {
+				if err := c.Call(ctx, api.MethodVMDelete, api.VMRef{Name: p.Name}, nil); err != nil && runErr == nil {
+					runErr = err
+				}
+			}
+			if runErr != nil {
+				return runErr
+			}
+			if code != 0 {
+				return &exitError{code: code}
+			}
+			return nil
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().BoolVar(&f.rm, "rm", false, "delete the VM when the command ends")
+	return cmd
+}
+
+func (a *app) vmSSHCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "ssh NAME [-- COMMAND [ARGS...]]",
+		Short: "Open a shell in a VM, or run a command there, with the system's ssh",
+		Long: `Uses the system's ssh with banger's key and the VM's own known_hosts (its
+host key was pinned at first boot). Without a command it opens an
+interactive shell. Exits with the remote command's status.`,
+		Example: `  banger vm ssh demo
+  banger vm ssh demo -- uname -r`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) < 1 {
+				return usageErrorf("name the VM: banger vm ssh NAME")
+			}
+			if cmd.ArgsLenAtDash() > 1 || (cmd.ArgsLenAtDash() < 0 && len(args) > 1) {
+				return usageErrorf("put the command after --: banger vm ssh NAME -- COMMAND")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			code, err := a.sshRun(cmd.Context(), c, args[0], args[1:], len(args) == 1)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return &exitError{code: code}
+			}
+			return nil
+		},
+	}
+}
+
+// sshRun runs the system's ssh against the VM and returns the remote exit
+// status (ssh's own failures are 255).
+func (a *app) sshRun(ctx context.Context, c *rpc.Client, name string, command []string, interactive bool) (int, error) {
+	var info api.SSHInfo
+	if err := c.Call(ctx, api.MethodVMSSHInfo, api.VMRef{Name: name}, &info); err != nil {
+		return 0, err
+	}
+	args := []string{
+		"-i", info.KeyPath, "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+		"-o", "UserKnownHostsFile=" + info.KnownHosts, "-o", "StrictHostKeyChecking=yes",
+		"-o", "HostKeyAlias=" + info.Host, "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
+	}
+	if interactive {
+		args = append(args, "-t")
+	} else {
+		args = append(args, "-o", "BatchMode=yes")
+	}
+	args = append(args, info.User+"@"+info.Host)
+	if len(command) > 0 {
+		args = append(args, "--")
+		args = append(args, command...)
+	}
+	sshBin := "ssh"
+	cmd := exec.CommandContext(ctx, sshBin, args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, a.stdout, a.stderr
+	if !interactive {
+		cmd.Stdin = nil
+	}
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal()), nil
+		}
+		return ee.ExitCode(), nil
+	}
+	if err != nil {
+		return 0, rpc.WithHint(fmt.Errorf("running ssh: %w", err), "install openssh-client")
+	}
+	return 0, nil
+}
+
+func (a *app) vmListCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List VMs",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var list []api.VMInfo
+			if err := c.Call(cmd.Context(), api.MethodVMList, nil, &list); err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return writeJSON(a.stdout, list)
+			}
+			rows := make([][]string, 0, len(list))
+			for _, v := range list {
+				rows = append(rows, []string{v.Name, string(v.Runtime.State), v.Runtime.GuestIP, v.Image, v.VMM,
+					fmt.Sprintf("%d", v.Spec.VCPUs), fmt.Sprintf("%dM", v.Spec.MemoryMiB), fmt.Sprintf("%dM", v.Spec.DiskSizeBytes>>20), v.ID[:8]})
+			}
+			return table(a.stdout, []string{"NAME", "STATE", "IP", "IMAGE", "VMM", "CPUS", "MEMORY", "DISK", "ID"}, rows)
+		},
+	}
+}
+
+func (a *app) vmShowCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show a VM: spec, address, disks, log paths and the stages of its last boot",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var info api.VMInfo
+			if err := c.Call(cmd.Context(), api.MethodVMShow, api.VMRef{Name: args[0]}, &info); err != nil {
+				return err
+			}
+			return a.showVM(info)
+		},
+	}
+}
+
+func (a *app) showVM(v api.VMInfo) error {
+	if a.output == "json" {
+		return writeJSON(a.stdout, v)
+	}
+	state := string(v.Runtime.State)
+	if v.Runtime.State == "running" && !v.Alive {
+		state += " (VMM not found)"
+	}
+	pairs := [][2]string{
+		{"name", v.Name},
+		{"id", v.ID},
+		{"state", state},
+		{"image", v.Image},
+		{"vmm", v.VMM},
+		{"spec", fmt.Sprintf("%d vCPUs, %d MiB, work disk %d MiB", v.Spec.VCPUs, v.Spec.MemoryMiB, v.Spec.DiskSizeBytes>>20)},
+		{"ip", v.Runtime.GuestIP},
+		{"dns", v.Runtime.DNSName},
+		{"mac", v.Runtime.MAC},
+		{"overlay", v.Runtime.SystemOverlay + ": " + v.Runtime.OverlayPath},
+		{"work disk", v.Runtime.WorkDiskPath},
+		{"console log", v.Runtime.ConsolePath},
+		{"vmm log", v.Runtime.LogPath},
+		{"api socket", v.Runtime.APISockPath},
+		{"dir", v.Runtime.VMDir},
+	}
+	if v.Handles != nil {
+		pairs = append(pairs, [2]string{"pid", fmt.Sprint(v.Handles.PID)}, [2]string{"tap", v.Handles.TapDevice})
+	}
+	if v.Runtime.LastError != "" {
+		pairs = append(pairs, [2]string{"last error", v.Runtime.LastError})
+	}
+	if len(v.LastBoot) > 0 {
+		var parts []string
+		var total int64
+		for _, s := range v.LastBoot {
+			parts = append(parts, fmt.Sprintf("%s %s", s.Name, humanDuration(time.Duration(s.DurationMS)*time.Millisecond)))
+			total += s.DurationMS
+		}
+		pairs = append(pairs, [2]string{"last boot", fmt.Sprintf("%s (%s)", humanDuration(time.Duration(total)*time.Millisecond), strings.Join(parts, ", "))})
+	}
+	return kv(a.stdout, pairs)
+}
+
+func (a *app) vmSimple(use, short, method string, force bool, done string) *cobra.Command {
+	var f bool
+	cmd := &cobra.Command{
+		Use:   use + " NAME",
+		Short: short,
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var info api.VMInfo
+			if err := c.Call(cmd.Context(), method, api.VMRef{Name: args[0], Force: f}, &info); err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return writeJSON(a.stdout, info)
+			}
+			a.printf("vm %s %s\n", args[0], done)
+			return nil
+		},
+	}
+	if force {
+		cmd.Flags().BoolVarP(&f, "force", "f", false, "skip the graceful power-off: kill the VMM at once")
+	}
+	return cmd
+}
+
+func (a *app) vmStopCommand() *cobra.Command {
+	return a.vmSimple("stop", "Power a VM off: ACPI power button, then a kill after vm.stop_timeout", api.MethodVMStop, true, "stopped")
+}
+
+func (a *app) vmDeleteCommand() *cobra.Command {
+	cmd := a.vmSimple("delete", "Stop a VM and remove it: its disks, TAP, address and record", api.MethodVMDelete, true, "deleted")
+	cmd.Aliases = []string{"rm"}
+	return cmd
+}
+
+func (a *app) startVM(ctx context.Context, c *rpc.Client, name string) (api.VMInfo, error) {
+	var o api.Operation
+	if err := c.Call(ctx, api.MethodVMStartBegin, api.VMRef{Name: name}, &o); err != nil {
+		return api.VMInfo{}, err
+	}
+	if a.output == "text" {
+		fmt.Fprintf(a.stderr, "starting vm %s (%s)\n", name, o.ID)
+	}
+	final, err := a.follow(ctx, c, api.MethodVMStartStatus, o)
+	if err != nil {
+		return api.VMInfo{}, err
+	}
+	var info api.VMInfo
+	_ = json.Unmarshal(final.Result, &info)
+	return info, nil
+}
+
+func (a *app) vmStartCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "start NAME",
+		Short: "Boot a stopped VM with its disks as they were",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			info, err := a.startVM(cmd.Context(), c, args[0])
+			if err != nil {
+				return err
+			}
+			return a.showVM(info)
+		},
+	}
+}
+
+func (a *app) vmRestartCommand() *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "restart NAME",
+		Short: "Stop a VM, then start it",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if err := c.Call(cmd.Context(), api.MethodVMStop, api.VMRef{Name: args[0], Force: force}, nil); err != nil {
+				return err
+			}
+			info, err := a.startVM(cmd.Context(), c, args[0])
+			if err != nil {
+				return err
+			}
+			return a.showVM(info)
+		},
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "kill the VMM instead of a graceful power-off")
+	return cmd
+}
+
+func (a *app) vmLogsCommand() *cobra.Command {
+	var follow, vmmLog bool
+	cmd := &cobra.Command{
+		Use:   "logs NAME",
+		Short: "Show a VM's serial console (or, with --vmm, the VMM's own output)",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var info api.VMInfo
+			if err := c.Call(cmd.Context(), api.MethodVMShow, api.VMRef{Name: args[0]}, &info); err != nil {
+				return err
+			}
+			path := info.Runtime.ConsolePath
+			if vmmLog {
+				path = info.Runtime.LogPath
+			}
+			saved := a.output
+			a.output = "json" // raw lines: these logs are not banger's JSON
+			defer func() { a.output = saved }()
+			return a.showLogs(cmd.Context(), path, logsOptions{follow: follow})
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
+	cmd.Flags().BoolVar(&vmmLog, "vmm", false, "show the VMM's log instead of the console")
+	return cmd
+}

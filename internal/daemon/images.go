@@ -1,0 +1,413 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/helperapi"
+	"github.com/banger-dev/banger/internal/image"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/op"
+	"github.com/banger-dev/banger/internal/rpc"
+	"github.com/banger-dev/banger/internal/runner"
+)
+
+// Files of an image directory.
+const (
+	fileRootfs    = "rootfs.ext4"
+	fileWorkSeed  = "work-seed.ext4"
+	fileVmlinuz   = "vmlinuz"
+	fileVmlinux   = "vmlinux"
+	fileInitrd    = "initrd.img"
+	fileBuildLog  = "build.log"
+	fileImageMeta = "image.json"
+	fileBuildID   = ".build-id"
+)
+
+// Stages of an image build, in order.
+var imageBuildStages = []string{"bootstrap", "configure", "pack", "kernel", "checksums", "register"}
+
+func imageBuildHint(name string) string {
+	return "build it: banger image build --name " + name
+}
+
+// imageBuildBegin validates the request, reserves the name and starts the
+// build in the background. The returned operation's id is this call's op
+// id; poll it with image.build.status.
+func (d *Daemon) imageBuildBegin(ctx context.Context, p api.ImageBuildParams) (api.Operation, error) {
+	o, err := d.startImageBuild(ctx, p)
+	if err != nil {
+		return api.Operation{}, err
+	}
+	return o.snapshot(), nil
+}
+
+func (d *Daemon) startImageBuild(ctx context.Context, p api.ImageBuildParams) (*operation, error) {
+	if err := model.ValidateName("image", p.Name); err != nil {
+		return nil, fmt.Errorf("%v: %w", err, rpc.ErrBadRequest)
+	}
+	if p.Suite == "" {
+		p.Suite = d.cfg.Image.Suite
+	}
+	if p.RootfsSize == 0 {
+		p.RootfsSize = int64(d.cfg.Image.RootfsSize)
+	}
+	p.ExtraPackages = append(append([]string(nil), d.cfg.Image.ExtraPackages...), p.ExtraPackages...)
+	security := ""
+	if p.Mirror == "" {
+		p.Mirror = d.cfg.Image.Mirror
+	}
+	if p.Mirror == "" {
+		m, s, err := image.HostMirror(p.Suite)
+		if err != nil {
+			return nil, fmt.Errorf("%v: %w", err, rpc.ErrBadRequest)
+		}
+		p.Mirror, security = m, s
+	}
+
+	d.imagesMu.Lock()
+	defer d.imagesMu.Unlock()
+	if other, busy := d.imageBuilds[p.Name]; busy {
+		return nil, rpc.WithHint(rpc.Errorf(rpc.ErrConflict, "image %q is already being built by %s", p.Name, other),
+			"follow it: banger daemon logs --follow --op "+other)
+	}
+	if _, err := d.store.GetImage(ctx, p.Name); err == nil {
+		return nil, rpc.WithHint(rpc.Errorf(rpc.ErrConflict, "image %q already exists", p.Name),
+			"delete it first (banger image delete "+p.Name+") or choose another --name")
+	} else if !errors.Is(err, rpc.ErrNotFound) {
+		return nil, err
+	}
+
+	dir := d.layout.ImageDir(p.Name)
+	if err := d.clearImageDir(ctx, dir); err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(dir, fileBuildLog)
+	o := d.ops.start(ctx, "image.build", p.Name, imageBuildStages)
+	o.st.LogPath = logPath
+	o.progress = func() string { return lastLine(logPath) }
+	d.imageBuilds[p.Name] = o.st.ID
+
+	bctx := context.WithoutCancel(ctx)
+	go func() {
+		img, err := d.runImageBuild(bctx, o, p, security, dir, logPath)
+		d.imagesMu.Lock()
+		delete(d.imageBuilds, p.Name)
+		d.imagesMu.Unlock()
+		if err != nil {
+			err = rpc.WithHint(fmt.Errorf("building image %q: %w; build log: %s", p.Name, err, logPath), "read the build log: "+logPath)
+			d.log.ErrorContext(bctx, "image build failed", "image", p.Name, "error", err.Error(), "build_log", logPath)
+			o.finish(nil, err)
+			return
+		}
+		d.log.InfoContext(bctx, "image built", "image", p.Name, "kernel", img.KernelVersion, "duration_ms", time.Since(o.st.StartedAt).Milliseconds())
+		o.finish(img, nil)
+	}()
+	return o, nil
+}
+
+// clearImageDir prepares dir for a build: what an earlier failed build left
+// (never a registered image: the caller checked) is removed.
+func (d *Daemon) clearImageDir(ctx context.Context, dir string) error {
+	if old, err := os.ReadFile(filepath.Join(dir, fileBuildID)); err == nil {
+		d.discardBuild(ctx, strings.TrimSpace(string(old)))
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("clearing %s: %w", dir, err)
+	}
+	return os.MkdirAll(dir, 0o700)
+}
+
+func (d *Daemon) discardBuild(ctx context.Context, buildID string) {
+	h, err := d.helperClient(ctx)
+	if err != nil {
+		return
+	}
+	if _, err := h.ImageDiscard(ctx, buildID); err != nil {
+		d.log.WarnContext(ctx, "discarding build tree", "build_id", buildID, "error", err.Error())
+	}
+}
+
+func (d *Daemon) runImageBuild(ctx context.Context, o *operation, p api.ImageBuildParams, security, dir, logPath string) (img model.Image, err error) {
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return img, err
+	}
+	defer logf.Close()
+	fmt.Fprintf(logf, "==> banger image build %s (%s) suite=%s mirror=%s\n", p.Name, op.From(ctx), p.Suite, p.Mirror)
+
+	// The build id names the helper's scratch tree; it is recorded so that
+	// a build interrupted by a crash can be discarded later.
+	buildID := p.Name + "-" + strings.TrimPrefix(op.From(ctx), op.Prefix)
+	if len(buildID) > 63 {
+		buildID = buildID[len(buildID)-63:]
+		buildID = strings.TrimLeft(buildID, "-")
+	}
+	if err := os.WriteFile(filepath.Join(dir, fileBuildID), []byte(buildID+"\n"), 0o600); err != nil {
+		return img, err
+	}
+	defer func() {
+		d.discardBuild(ctx, buildID)
+		if err != nil {
+			d.removeImageFiles(dir)
+		}
+	}()
+
+	h, err := d.helperClient(ctx)
+	if err != nil {
+		return img, err
+	}
+	packages := append(append([]string(nil), guest.BasePackages...), p.ExtraPackages...)
+	var kernelVersion string
+	var packed helperapi.ImagePackResult
+
+	if err := o.stage(ctx, d.log, "bootstrap", func() (string, error) {
+		_, err := h.ImageBootstrap(ctx, helperapi.ImageBootstrapParams{
+			BuildID: buildID, Suite: p.Suite, Mirror: p.Mirror, Packages: packages, LogPath: logPath,
+		})
+		return fmt.Sprintf("debootstrap %s with %d packages", p.Suite, len(packages)), err
+	}); err != nil {
+		return img, err
+	}
+	if err := o.stage(ctx, d.log, "configure", func() (string, error) {
+		r, err := h.ImageConfigure(ctx, helperapi.ImageConfigureParams{
+			BuildID: buildID, Suite: p.Suite, Mirror: p.Mirror, SecurityMirror: security, LogPath: logPath,
+		})
+		kernelVersion = r.KernelVersion
+		return "kernel " + r.KernelVersion, err
+	}); err != nil {
+		return img, err
+	}
+	if err := o.stage(ctx, d.log, "pack", func() (string, error) {
+		var err error
+		packed, err = h.ImagePack(ctx, helperapi.ImagePackParams{
+			BuildID: buildID, OutDir: dir, RootfsSize: p.RootfsSize,
+			UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), LogPath: logPath,
+		})
+		return fmt.Sprintf("rootfs %d MiB, work-seed %d MiB", packed.RootfsSize>>20, packed.WorkSeedSize>>20), err
+	}); err != nil {
+		return img, err
+	}
+	img = model.Image{
+		Name: p.Name, Dir: dir, Source: "built", Suite: p.Suite, KernelVersion: kernelVersion,
+		RootfsPath: packed.Rootfs, RootfsSize: packed.RootfsSize,
+		WorkSeedPath: packed.WorkSeed, WorkSeedSize: packed.WorkSeedSize,
+		KernelPath: packed.Kernel, InitrdPath: packed.Initrd,
+		VmlinuxPath: filepath.Join(dir, fileVmlinux), BuildLogPath: logPath,
+	}
+	if err := o.stage(ctx, d.log, "kernel", func() (string, error) {
+		fmt.Fprintf(logf, "==> extracting ELF vmlinux from %s\n", img.KernelPath)
+		return "ELF vmlinux for firecracker", image.ExtractVmlinux(img.KernelPath, img.VmlinuxPath)
+	}); err != nil {
+		return img, err
+	}
+	if err := o.stage(ctx, d.log, "checksums", func() (string, error) {
+		var err error
+		if img.RootfsSHA256, err = sha256File(img.RootfsPath); err != nil {
+			return "", err
+		}
+		img.WorkSeedSHA, err = sha256File(img.WorkSeedPath)
+		return "sha256 of rootfs and work-seed", err
+	}); err != nil {
+		return img, err
+	}
+	err = o.stage(ctx, d.log, "register", func() (string, error) {
+		return "", d.registerImage(ctx, &img)
+	})
+	return img, err
+}
+
+// registerImage writes image.json (so a crash between here and the insert
+// is recoverable) and inserts the row.
+func (d *Daemon) registerImage(ctx context.Context, img *model.Image) error {
+	img.CreatedAt = time.Now().UTC()
+	meta, err := json.MarshalIndent(img, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(img.Dir, fileImageMeta), meta, 0o600); err != nil {
+		return err
+	}
+	os.Remove(filepath.Join(img.Dir, fileBuildID))
+	return d.store.CreateImage(ctx, img)
+}
+
+// removeImageFiles deletes everything of a failed build but its log.
+func (d *Daemon) removeImageFiles(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if e.Name() != fileBuildLog {
+			os.RemoveAll(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
+func (d *Daemon) imageBuildStatus(ctx context.Context, p api.OperationStatusParams) (api.Operation, error) {
+	return d.ops.status(ctx, p)
+}
+
+func (d *Daemon) imageInfo(ctx context.Context, img model.Image) (api.ImageInfo, error) {
+	users, err := d.store.VMsUsingImage(ctx, img.Name)
+	if err != nil {
+		return api.ImageInfo{}, err
+	}
+	if users == nil {
+		users = []string{}
+	}
+	return api.ImageInfo{Image: img, UsedBy: users}, nil
+}
+
+func (d *Daemon) imageList(ctx context.Context, _ noParams) ([]api.ImageInfo, error) {
+	imgs, err := d.store.ListImages(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.ImageInfo, 0, len(imgs))
+	for _, img := range imgs {
+		info, err := d.imageInfo(ctx, img)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, info)
+	}
+	return out, nil
+}
+
+func (d *Daemon) getImage(ctx context.Context, name string) (model.Image, error) {
+	img, err := d.store.GetImage(ctx, name)
+	if errors.Is(err, rpc.ErrNotFound) {
+		return img, rpc.WithHint(err, imageBuildHint(name)+" (or see: banger image list)")
+	}
+	return img, err
+}
+
+func (d *Daemon) imageShow(ctx context.Context, p api.ImageRef) (api.ImageInfo, error) {
+	img, err := d.getImage(ctx, p.Name)
+	if err != nil {
+		return api.ImageInfo{}, err
+	}
+	return d.imageInfo(ctx, img)
+}
+
+func (d *Daemon) imageDelete(ctx context.Context, p api.ImageRef) (api.ImageInfo, error) {
+	img, err := d.getImage(ctx, p.Name)
+	if err != nil {
+		return api.ImageInfo{}, err
+	}
+	if err := d.store.DeleteImage(ctx, p.Name); err != nil {
+		if errors.Is(err, rpc.ErrConflict) {
+			return api.ImageInfo{}, rpc.WithHint(err, "delete those VMs first: banger vm delete NAME")
+		}
+		return api.ImageInfo{}, err
+	}
+	if err := os.RemoveAll(img.Dir); err != nil {
+		d.log.WarnContext(ctx, "removing image directory", "image", img.Name, "dir", img.Dir, "error", err.Error())
+	}
+	d.log.InfoContext(ctx, "image deleted", "image", img.Name)
+	return api.ImageInfo{Image: img, UsedBy: []string{}}, nil
+}
+
+// imageRebuildSeed makes (or remakes) the work-seed of an image from its
+// rootfs's /root, unprivileged.
+func (d *Daemon) imageRebuildSeed(ctx context.Context, p api.ImageRef) (api.ImageInfo, error) {
+	img, err := d.getImage(ctx, p.Name)
+	if err != nil {
+		return api.ImageInfo{}, err
+	}
+	if err := d.makeWorkSeed(ctx, &img); err != nil {
+		return api.ImageInfo{}, err
+	}
+	if err := d.store.UpdateImage(ctx, &img); err != nil {
+		return api.ImageInfo{}, err
+	}
+	d.log.InfoContext(ctx, "work-seed rebuilt", "image", img.Name, "work_seed", img.WorkSeedPath)
+	return d.imageInfo(ctx, img)
+}
+
+func (d *Daemon) makeWorkSeed(ctx context.Context, img *model.Image) error {
+	scratch, err := os.MkdirTemp(img.Dir, ".seed-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(scratch)
+	logf, err := os.OpenFile(filepath.Join(img.Dir, fileBuildLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	fmt.Fprintf(logf, "==> work-seed for %s (%s)\n", img.Name, op.From(ctx))
+	tmp := filepath.Join(img.Dir, fileWorkSeed+".new")
+	os.Remove(tmp)
+	if err := image.MakeWorkSeed(ctx, &runner.Exec{Log: logf}, img.RootfsPath, tmp, scratch); err != nil {
+		os.Remove(tmp)
+		return rpc.WithHint(fmt.Errorf("making the work-seed of %s: %w", img.Name, err), "see "+filepath.Join(img.Dir, fileBuildLog))
+	}
+	final := filepath.Join(img.Dir, fileWorkSeed)
+	if err := os.Rename(tmp, final); err != nil {
+		return err
+	}
+	st, err := os.Stat(final)
+	if err != nil {
+		return err
+	}
+	sum, err := sha256File(final)
+	if err != nil {
+		return err
+	}
+	img.WorkSeedPath, img.WorkSeedSize, img.WorkSeedSHA = final, st.Size(), sum
+	return nil
+}
+
+func sha256File(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// lastLine returns the last non-empty line of a log, for progress notes.
+func lastLine(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	const tail = 4096
+	off := max(st.Size()-tail, 0)
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		return ""
+	}
+	var last string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if l := strings.TrimSpace(sc.Text()); l != "" {
+			last = l
+		}
+	}
+	if len(last) > 160 {
+		last = last[:160] + "..."
+	}
+	return last
+}

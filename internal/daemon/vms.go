@@ -1,0 +1,530 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/disk"
+	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/helperapi"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/rpc"
+	"github.com/banger-dev/banger/internal/runner"
+	"github.com/banger-dev/banger/internal/vmm"
+	"github.com/banger-dev/banger/internal/vmm/qemu"
+)
+
+// Stages of a VM create; a start runs the last four.
+var (
+	createStages = []string{"allocate", "system overlay", "work disk", "network", "vmm start", "boot", "ssh ready"}
+	startStages  = []string{"network", "vmm start", "boot", "ssh ready"}
+)
+
+// Limits a VM spec must meet.
+const (
+	minMemoryMiB = 128
+	minDiskBytes = 64 << 20
+)
+
+// Files of a VM directory.
+const (
+	vmFileQMP        = "qmp.sock"
+	vmFileFCSock     = "firecracker.sock"
+	vmFileVMMLog     = "vmm.log"
+	vmFileConsole    = "console.log"
+	vmFileMetrics    = "metrics.json"
+	vmFileVSock      = "vsock.sock"
+	vmFileWork       = "work.ext4"
+	vmFileKnownHosts = "known_hosts"
+)
+
+func newVMID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// macFor derives a locally administered unicast MAC from the VM id.
+func macFor(id string) string {
+	b, _ := hex.DecodeString(id[:10])
+	return fmt.Sprintf("02:%02x:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3], b[4])
+}
+
+// vmCreateBegin validates the request, allocates the VM's identity, address
+// and row (state creating), and runs the rest in the background. The
+// operation's id is this call's op id.
+func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.Operation, error) {
+	if err := model.ValidateName("vm", p.Name); err != nil {
+		return api.Operation{}, fmt.Errorf("%v: %w", err, rpc.ErrBadRequest)
+	}
+	if p.Image == "" {
+		p.Image = d.cfg.DefaultImage
+	}
+	if p.VCPUs == 0 {
+		p.VCPUs = d.cfg.VM.VCPUs
+	}
+	if p.MemoryMiB == 0 {
+		p.MemoryMiB = d.cfg.VM.MemoryMiB
+	}
+	if p.DiskSizeBytes == 0 {
+		p.DiskSizeBytes = int64(d.cfg.VM.DiskSize)
+	}
+	switch {
+	case p.VCPUs < 1 || p.VCPUs > 64:
+		return api.Operation{}, rpc.Errorf(rpc.ErrBadRequest, "vcpus %d: want 1..64", p.VCPUs)
+	case p.MemoryMiB < minMemoryMiB:
+		return api.Operation{}, rpc.WithHint(rpc.Errorf(rpc.ErrBadRequest, "memory %d MiB is too small", p.MemoryMiB), fmt.Sprintf("give at least %d MiB: --memory %d", minMemoryMiB, minMemoryMiB))
+	case p.DiskSizeBytes < minDiskBytes:
+		return api.Operation{}, rpc.WithHint(rpc.Errorf(rpc.ErrBadRequest, "disk size %d bytes is too small", p.DiskSizeBytes), "give at least 64M: --disk-size 1G")
+	}
+	if _, err := d.store.GetVMByName(ctx, p.Name); err == nil {
+		return api.Operation{}, rpc.WithHint(rpc.Errorf(rpc.ErrConflict, "vm %q already exists", p.Name), "pick another --name, or remove it: banger vm delete "+p.Name)
+	} else if !errors.Is(err, rpc.ErrNotFound) {
+		return api.Operation{}, err
+	}
+	img, err := d.store.GetImage(ctx, p.Image)
+	if errors.Is(err, rpc.ErrNotFound) {
+		if p.Image != d.cfg.DefaultImage || !p.BuildImage {
+			return api.Operation{}, rpc.WithHint(rpc.Errorf(rpc.ErrNotFound, "image %q", p.Image), imageBuildHint(p.Image))
+		}
+	} else if err != nil {
+		return api.Operation{}, err
+	}
+
+	o := d.ops.start(ctx, "vm.create", p.Name, createStages)
+	bctx := context.WithoutCancel(ctx)
+	var vm model.VM
+	if err := o.stage(ctx, d.log, "allocate", func() (string, error) {
+		var err error
+		vm, err = d.allocateVM(ctx, p)
+		return fmt.Sprintf("id %s, ip %s", vm.ID, vm.Runtime.GuestIP), err
+	}); err != nil {
+		o.finish(nil, err)
+		return api.Operation{}, err
+	}
+	go func() {
+		if img.Name == "" { // default image missing: build it first
+			if err := d.buildDefaultImage(bctx, o); err != nil {
+				d.failCreate(bctx, o, vm, err)
+				return
+			}
+			var gerr error
+			if img, gerr = d.store.GetImage(bctx, p.Image); gerr != nil {
+				d.failCreate(bctx, o, vm, gerr)
+				return
+			}
+		}
+		vm, err := d.provisionAndBoot(bctx, o, vm, img)
+		if err != nil {
+			d.failCreate(bctx, o, vm, err)
+			return
+		}
+		d.rememberBoot(vm.ID, o)
+		o.finish(d.vmInfo(bctx, vm), nil)
+	}()
+	return o.snapshot(), nil
+}
+
+// buildDefaultImage runs an image build inside a VM create, as its stage.
+func (d *Daemon) buildDefaultImage(ctx context.Context, o *operation) error {
+	return o.stage(ctx, d.log, "image build", func() (string, error) {
+		bo, err := d.startImageBuild(ctx, api.ImageBuildParams{Name: d.cfg.DefaultImage})
+		if err != nil {
+			return "", err
+		}
+		o.mu.Lock()
+		o.progress = func() string { return "building image " + d.cfg.DefaultImage + ": " + lastLine(bo.st.LogPath) }
+		o.mu.Unlock()
+		for {
+			s, _ := d.ops.status(ctx, api.OperationStatusParams{OpID: bo.st.ID, WaitMS: 1000})
+			if s.State == api.OpSucceeded {
+				return "image " + d.cfg.DefaultImage + " built", nil
+			}
+			if s.State == api.OpFailed {
+				return "", s.Error
+			}
+		}
+	})
+}
+
+// allocateVM picks the id, address, MAC and CID and inserts the row. The
+// allocation lock makes concurrent creates take distinct addresses; the
+// unique index on guest_ip is the backstop.
+func (d *Daemon) allocateVM(ctx context.Context, p api.VMCreateParams) (model.VM, error) {
+	d.allocMu.Lock()
+	defer d.allocMu.Unlock()
+	ip, err := d.freeIP(ctx)
+	if err != nil {
+		return model.VM{}, err
+	}
+	cids, err := d.store.UsedVSockCIDs(ctx)
+	if err != nil {
+		return model.VM{}, err
+	}
+	cid := uint32(3)
+	for _, c := range cids {
+		if c >= cid {
+			cid = c + 1
+		}
+	}
+	id := newVMID()
+	dir := d.layout.VMDir(id)
+	vmmName, _, _ := d.chooseVMM(ctx, "")
+	apiSock := filepath.Join(dir, vmFileQMP)
+	if vmmName == "firecracker" {
+		apiSock = filepath.Join(dir, vmFileFCSock)
+	}
+	vm := model.VM{
+		ID: id, Name: p.Name, Image: p.Image, VMM: vmmName,
+		Spec: model.VMSpec{VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, DiskSizeBytes: p.DiskSizeBytes},
+		Runtime: model.VMRuntime{
+			State:        model.StateCreating,
+			GuestIP:      ip.String(),
+			MAC:          macFor(id),
+			DNSName:      p.Name + "." + d.cfg.Network.Domain,
+			VSockCID:     cid,
+			VMDir:        dir,
+			APISockPath:  apiSock,
+			VSockPath:    filepath.Join(dir, vmFileVSock),
+			LogPath:      filepath.Join(dir, vmFileVMMLog),
+			ConsolePath:  filepath.Join(dir, vmFileConsole),
+			MetricsPath:  filepath.Join(dir, vmFileMetrics),
+			WorkDiskPath: filepath.Join(dir, vmFileWork),
+		},
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return vm, err
+	}
+	if err := d.store.CreateVM(ctx, &vm); err != nil {
+		os.RemoveAll(dir)
+		return vm, err
+	}
+	return vm, nil
+}
+
+// freeIP returns the lowest address of the subnet held by no VM: not the
+// network, the gateway (first host) or the broadcast address.
+func (d *Daemon) freeIP(ctx context.Context) (netip.Addr, error) {
+	used, err := d.store.UsedGuestIPs(ctx)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	taken := map[string]bool{}
+	for _, u := range used {
+		taken[u] = true
+	}
+	p := d.cfg.Subnet()
+	gw := p.Addr().Next()
+	for a := gw.Next(); p.Contains(a); a = a.Next() {
+		if !p.Contains(a.Next()) { // broadcast
+			break
+		}
+		if !taken[a.String()] {
+			return a, nil
+		}
+	}
+	return netip.Addr{}, rpc.WithHint(rpc.Errorf(rpc.ErrConflict, "no free address left in %s", p), "delete VMs you no longer need, or use a larger network.subnet")
+}
+
+// provisionAndBoot makes the VM's disks and boots it.
+func (d *Daemon) provisionAndBoot(ctx context.Context, o *operation, vm model.VM, img model.Image) (model.VM, error) {
+	r := &runner.Exec{}
+	if err := o.stage(ctx, d.log, "system overlay", func() (string, error) {
+		strategy, path, err := d.makeOverlay(ctx, r, vm, img)
+		if err != nil {
+			return "", err
+		}
+		vm.Runtime.SystemOverlay, vm.Runtime.OverlayPath = strategy, path
+		return strategy, d.store.UpdateVM(ctx, &vm)
+	}); err != nil {
+		return vm, err
+	}
+	if err := o.stage(ctx, d.log, "work disk", func() (string, error) {
+		if err := d.ensureSSHKey(ctx); err != nil {
+			return "", err
+		}
+		if !img.HasWorkSeed() {
+			d.log.WarnContext(ctx, "image has no work-seed: building the work disk from scratch (slow path)", "vm", vm.Name, "image", img.Name)
+		}
+		fromSeed, err := disk.WorkDisk(ctx, r, img.WorkSeedPath, vm.Runtime.WorkDiskPath, vm.Spec.DiskSizeBytes, d.layout.SSHKey()+".pub")
+		if err != nil {
+			return "", err
+		}
+		if fromSeed {
+			return fmt.Sprintf("cloned from the work-seed, grown to %d MiB", vm.Spec.DiskSizeBytes>>20), nil
+		}
+		return fmt.Sprintf("built from scratch (no work-seed), %d MiB", vm.Spec.DiskSizeBytes>>20), nil
+	}); err != nil {
+		return vm, err
+	}
+	return d.bootVM(ctx, o, vm, img)
+}
+
+// makeOverlay picks the best strategy this host and VMM support and makes
+// the system disk.
+func (d *Daemon) makeOverlay(ctx context.Context, r runner.Runner, vm model.VM, img model.Image) (strategy, path string, err error) {
+	strategies := []string{disk.StrategyReflink}
+	if vm.VMM == "qemu" {
+		strategies = append(strategies, disk.StrategyQcow2)
+	}
+	strategies = append(strategies, disk.StrategySparseCopy)
+	var errs []error
+	for _, s := range strategies {
+		p, _, err := disk.Overlay(ctx, r, s, img.RootfsPath, vm.Runtime.VMDir)
+		if err == nil {
+			return s, p, nil
+		}
+		errs = append(errs, err)
+		if !errors.Is(err, disk.ErrUnsupported) {
+			break
+		}
+	}
+	return "", "", fmt.Errorf("system overlay for %s: %w", vm.Name, errors.Join(errs...))
+}
+
+func (d *Daemon) ensureSSHKey(ctx context.Context) error {
+	d.keyMu.Lock()
+	defer d.keyMu.Unlock()
+	key := d.layout.SSHKey()
+	if _, err := os.Stat(key + ".pub"); err == nil {
+		return nil
+	}
+	os.Remove(key)
+	if _, err := (&runner.Exec{}).Run(ctx, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "banger", "-f", key); err != nil {
+		return rpc.WithHint(fmt.Errorf("generating the install's SSH key: %w", err), "install openssh-client")
+	}
+	return nil
+}
+
+// bootVM sets up the network, starts the VMM and waits for SSH.
+func (d *Daemon) bootVM(ctx context.Context, o *operation, vm model.VM, img model.Image) (model.VM, error) {
+	h := &model.VMHandles{}
+	var spec vmm.Spec
+	var driver vmm.Driver
+	if err := o.stage(ctx, d.log, "network", func() (string, error) {
+		net, err := d.ensureNetwork(ctx)
+		if err != nil {
+			return "", err
+		}
+		hc, err := d.helperClient(ctx)
+		if err != nil {
+			return "", err
+		}
+		tap := helperapi.VMTapName(vm.ID)
+		if _, err := hc.CreateTap(ctx, helperapi.TapCreateParams{Name: tap, Bridge: net.Bridge, UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}); err != nil {
+			return "", fmt.Errorf("creating TAP %s: %w", tap, err)
+		}
+		h.TapDevice = tap
+		d.setHandles(vm, h)
+		return fmt.Sprintf("%s on %s, %s", tap, net.Bridge, vm.Runtime.GuestIP), nil
+	}); err != nil {
+		return vm, err
+	}
+	if err := o.stage(ctx, d.log, "vmm start", func() (string, error) {
+		var accel string
+		var err error
+		driver, accel, err = d.driverFor(ctx, vm, img)
+		if err != nil {
+			return "", err
+		}
+		spec, err = d.vmSpec(vm, img, accel)
+		if err != nil {
+			return "", err
+		}
+		if os.Geteuid() != 0 && driver.Name() == "qemu" {
+			// An unprivileged qemu cannot open a TAP by name where
+			// /dev/net/tun is root's; the helper passes it open.
+			hc, err := d.helperClient(ctx)
+			if err != nil {
+				return "", err
+			}
+			f, _, err := hc.OpenTap(ctx, h.TapDevice)
+			if err != nil {
+				return "", fmt.Errorf("opening TAP %s: %w", h.TapDevice, err)
+			}
+			defer f.Close()
+			spec.TapFile = f
+		}
+		pid, err := driver.Start(ctx, spec)
+		if err != nil {
+			return "", vmError(vm, err)
+		}
+		h.PID = pid
+		d.setHandles(vm, h)
+		vm.Runtime.State, vm.Runtime.LastError = model.StateRunning, ""
+		if err := d.store.UpdateVM(ctx, &vm); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%s (%s), pid %d", driver.Name(), accel, pid), nil
+	}); err != nil {
+		return vm, err
+	}
+	deadline := time.Now().Add(d.cfg.VM.BootTimeout.D())
+	if err := o.stage(ctx, d.log, "boot", func() (string, error) {
+		return "sshd listening", d.waitPort(ctx, vm, h.PID, deadline)
+	}); err != nil {
+		return vm, err
+	}
+	err := o.stage(ctx, d.log, "ssh ready", func() (string, error) {
+		return "authenticated with the install's key", d.waitSSH(ctx, vm, h.PID, deadline)
+	})
+	return vm, err
+}
+
+func (d *Daemon) driverFor(ctx context.Context, vm model.VM, img model.Image) (vmm.Driver, string, error) {
+	_, accel, _ := d.chooseVMM(ctx, img.KernelPath)
+	switch vm.VMM {
+	case "qemu":
+		return qemu.New(d.cfg.Paths.Qemu), accel, nil
+	}
+	return nil, "", rpc.WithHint(rpc.Errorf(rpc.ErrUnavailable, "vmm %q is not available on this host", vm.VMM), "set vmm = \"qemu\" in the config")
+}
+
+func (d *Daemon) vmSpec(vm model.VM, img model.Image, accel string) (vmm.Spec, error) {
+	ip := netip.MustParseAddr(vm.Runtime.GuestIP)
+	gw := d.cfg.Subnet().Addr().Next()
+	settings := guest.Settings{
+		IP: netip.PrefixFrom(ip, d.cfg.Subnet().Bits()), Gateway: gw, DNS: gw, Hostname: vm.Name,
+	}
+	if accel == "tcg" {
+		settings.TSCKHz = hostTSCKHz()
+	}
+	cmdline, err := guest.KernelCmdline(settings)
+	if err != nil {
+		return vmm.Spec{}, err
+	}
+	rootFormat := "raw"
+	if vm.Runtime.SystemOverlay == "qcow2" {
+		rootFormat = "qcow2"
+	}
+	dir := vm.Runtime.VMDir
+	s := vmm.Spec{
+		ID: vm.ID, Name: vm.Name, VCPUs: vm.Spec.VCPUs, MemoryMiB: vm.Spec.MemoryMiB,
+		Kernel: img.KernelPath, Initrd: img.InitrdPath, Cmdline: cmdline,
+		Disks: []vmm.Disk{
+			{ID: "rootfs", Path: vm.Runtime.OverlayPath, Format: rootFormat},
+			{ID: "work", Path: vm.Runtime.WorkDiskPath, Format: "raw"},
+		},
+		TapName: helperapi.VMTapName(vm.ID), MAC: vm.Runtime.MAC, Accel: accel,
+		APISocket: vm.Runtime.APISockPath, LogPath: vm.Runtime.LogPath, ConsolePath: vm.Runtime.ConsolePath,
+		MetricsPath: vm.Runtime.MetricsPath, VSockPath: vm.Runtime.VSockPath, VSockCID: vm.Runtime.VSockCID,
+	}
+	if s.APISocket == "" {
+		s.APISocket = filepath.Join(dir, vmFileQMP)
+	}
+	return s, nil
+}
+
+func hostTSCKHz() uint32 {
+	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
+	khz, _ := guest.ParseTSCKHz(nil, cpuinfo)
+	return khz
+}
+
+// vmError names the VM's logs in an error about it.
+func vmError(vm model.VM, err error) error {
+	return rpc.WithHint(fmt.Errorf("vm %s: %w", vm.Name, err),
+		fmt.Sprintf("see the console log %s and the VMM log %s", vm.Runtime.ConsolePath, vm.Runtime.LogPath))
+}
+
+// waitPort waits for the guest's sshd to accept TCP connections.
+func (d *Daemon) waitPort(ctx context.Context, vm model.VM, pid int, deadline time.Time) error {
+	addr := net.JoinHostPort(vm.Runtime.GuestIP, "22")
+	for {
+		c, err := net.DialTimeout("tcp", addr, 500*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if err := d.checkBooting(ctx, vm, pid, deadline); err != nil {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitSSH waits for an SSH session with the install's key to succeed; the
+// first one pins the VM's host key in its known_hosts.
+func (d *Daemon) waitSSH(ctx context.Context, vm model.VM, pid int, deadline time.Time) error {
+	for {
+		args := append(sshArgs(d.layout.SSHKey(), filepath.Join(vm.Runtime.VMDir, vmFileKnownHosts), "accept-new", 2), "root@"+vm.Runtime.GuestIP, "true")
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := (&runner.Exec{}).Run(cctx, d.cfg.Paths.SSH, args...)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if err := d.checkBooting(ctx, vm, pid, deadline); err != nil {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func (d *Daemon) checkBooting(ctx context.Context, vm model.VM, pid int, deadline time.Time) error {
+	if !processAlive(pid) {
+		return vmError(vm, fmt.Errorf("the VMM (pid %d) exited during boot", pid))
+	}
+	if time.Now().After(deadline) {
+		return vmError(vm, fmt.Errorf("not ready within %s: %w", d.cfg.VM.BootTimeout, rpc.ErrTimeout))
+	}
+	return ctx.Err()
+}
+
+// sshArgs are the ssh options banger uses: its key only, the VM's own
+// known_hosts, no agent, no password prompts.
+func sshArgs(key, knownHosts, strict string, connectTimeout int) []string {
+	return []string{
+		"-i", key, "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+		"-o", "UserKnownHostsFile=" + knownHosts, "-o", "StrictHostKeyChecking=" + strict,
+		"-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+		"-o", fmt.Sprintf("ConnectTimeout=%d", connectTimeout),
+	}
+}
+
+func processAlive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	if err := syscall.Kill(pid, 0); err != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return !(i > 0 && len(s) > i+2 && s[i+2] == 'Z')
+}
+
+// failCreate records a failed create: the VM is marked failed with the
+// error, and what it holds at kernel level (process, TAP) is released. Its
+// disks stay for inspection until vm delete.
+func (d *Daemon) failCreate(ctx context.Context, o *operation, vm model.VM, err error) {
+	d.log.ErrorContext(ctx, "vm create failed", "vm", vm.Name, "error", err.Error())
+	d.releaseRuntime(ctx, vm)
+	if vm.ID != "" {
+		_, _ = d.store.UpdateVMRuntime(ctx, vm.ID, func(r *model.VMRuntime) error {
+			r.State, r.LastError = model.StateFailed, err.Error()
+			return nil
+		})
+	}
+	o.finish(nil, err)
+}
+
+// vmmSpecFor is the part of a spec shutdown and status need.
+func vmmSpecFor(vm model.VM) vmm.Spec {
+	return vmm.Spec{ID: vm.ID, Name: vm.Name, APISocket: vm.Runtime.APISockPath, LogPath: vm.Runtime.LogPath, ConsolePath: vm.Runtime.ConsolePath}
+}
