@@ -37,8 +37,13 @@ test-root: ## root tier: real netlink, nftables, loop devices, ext4 tools, in ne
 	@[ "$$(id -u)" = 0 ] || { echo "test-root needs root"; exit 1; }
 	$(GO) test -count=1 -timeout 30m ./...
 
+.PHONY: test-e2e
+test-e2e: ## end-to-end tier: real daemon, helper, CLI and qemu VMs in a network namespace (root)
+	@[ "$$(id -u)" = 0 ] || { echo "test-e2e needs root"; exit 1; }
+	BANGER_E2E=1 $(GO) test -count=1 -v -timeout 40m ./tests/e2e/
+
 .PHONY: test-all
-test-all: lint test test-root ## every tier, as CI runs them (the VM end-to-end tier arrives with the VM lifecycle)
+test-all: lint test test-root test-e2e ## every tier, as CI runs them
 
 .PHONY: fuzz
 fuzz: ## fuzz the RPC request decoder for 30s

@@ -17,6 +17,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/dns"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/rpc"
@@ -52,6 +53,11 @@ type Daemon struct {
 	handles   map[string]*model.VMHandles
 	lastBoot  map[string][]api.Stage
 	vmLocks   map[string]*vmLock
+
+	runCtx    context.Context // the daemon's lifetime
+	dnsMu     sync.Mutex
+	dnsServer *dns.Server
+	dnsErr    string
 
 	imagesMu    sync.Mutex
 	imageBuilds map[string]string // image name -> op id of its running build
@@ -97,6 +103,7 @@ func Run(ctx context.Context, opts Options) error {
 		store:   st,
 		started: time.Now(),
 		stop:    cancel,
+		runCtx:  ctx,
 
 		ops:         newOpRegistry(),
 		imageBuilds: map[string]string{},

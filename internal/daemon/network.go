@@ -40,6 +40,7 @@ func (d *Daemon) ensureNetwork(ctx context.Context) (api.NetworkStatus, error) {
 		st.NATTable = nat.Table
 		d.log.InfoContext(ctx, "nat ready", "table", nat.Table, "created", nat.Created)
 	}
+	d.ensureDNS(ctx)
 	return st, nil
 }
 
@@ -77,6 +78,12 @@ func (d *Daemon) networkDown(ctx context.Context, _ noParams) (api.NetworkStatus
 	if err != nil {
 		return st, err
 	}
+	d.dnsMu.Lock()
+	if d.dnsServer != nil {
+		d.dnsServer.Close()
+		d.dnsServer = nil
+	}
+	d.dnsMu.Unlock()
 	if _, err := h.DeleteNAT(ctx, st.Bridge); err != nil {
 		return st, fmt.Errorf("removing NAT of %s: %w", st.Bridge, err)
 	}

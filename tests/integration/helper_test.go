@@ -1,9 +1,7 @@
 package integration
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,37 +15,8 @@ import (
 
 	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/testutil"
+	"github.com/banger-dev/banger/tests/harness"
 )
-
-// logLines reads a JSON log file into records.
-func logLines(t *testing.T, path string) []map[string]any {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatalf("reading log: %v", err)
-	}
-	defer f.Close()
-	var out []map[string]any
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var rec map[string]any
-		if json.Unmarshal(sc.Bytes(), &rec) == nil {
-			out = append(out, rec)
-		}
-	}
-	return out
-}
-
-func linesWith(recs []map[string]any, key, val string) []map[string]any {
-	var out []map[string]any
-	for _, r := range recs {
-		if r[key] == val {
-			out = append(out, r)
-		}
-	}
-	return out
-}
 
 // TestRootDaemonStartsHelperAndSharesOpID: as root, bangerd starts the
 // helper itself; `banger network up` makes a real bridge (in this test's
@@ -57,17 +26,17 @@ func TestRootDaemonStartsHelperAndSharesOpID(t *testing.T) {
 	if !testutil.InNetNS(t) {
 		return
 	}
-	e := newEnv(t)
-	helperSock := filepath.Join(e.root, "helper.sock")
-	e.vars = append(e.vars, "BANGER_HELPER_SOCKET="+helperSock, "BANGER_HELPER="+filepath.Join(binDir, "banger-helper"))
+	e := harness.NewEnv(t)
+	helperSock := filepath.Join(e.Root, "helper.sock")
+	e.Vars = append(e.Vars, "BANGER_HELPER_SOCKET="+helperSock, "BANGER_HELPER="+filepath.Join(harness.BinDir, "banger-helper"))
 	cfg := "[network]\nbridge = \"bangert0\"\nsubnet = \"10.231.7.0/24\"\n"
-	if err := os.WriteFile(filepath.Join(e.root, "config.toml"), []byte(cfg), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(e.Root, "config.toml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { killHelper(t, helperSock) })
 
-	r := e.banger("network", "up", "-o", "json")
-	if r.code != 0 {
+	r := e.Banger("network", "up", "-o", "json")
+	if r.Code != 0 {
 		t.Fatalf("network up: %+v", r)
 	}
 	br, err := netlink.LinkByName("bangert0")
@@ -79,7 +48,7 @@ func TestRootDaemonStartsHelperAndSharesOpID(t *testing.T) {
 		t.Fatalf("bridge addresses: %v", addrs)
 	}
 
-	daemonLog := logLines(t, filepath.Join(e.stateDir, "bangerd.log"))
+	daemonLog := harness.LogLines(t, filepath.Join(e.StateDir, "bangerd.log"))
 	var opID string
 	for _, rec := range daemonLog {
 		if rec["msg"] == "rpc completed" && rec["method"] == "network.up" {
@@ -89,7 +58,7 @@ func TestRootDaemonStartsHelperAndSharesOpID(t *testing.T) {
 	if opID == "" {
 		t.Fatal("no network.up line in the daemon log")
 	}
-	helperLog := logLines(t, filepath.Join(e.stateDir, "helper.log"))
+	helperLog := harness.LogLines(t, filepath.Join(e.StateDir, "helper.log"))
 	var methods []string
 	for _, rec := range linesWith(helperLog, "op_id", opID) {
 		if rec["msg"] == "helper rpc completed" {
@@ -100,7 +69,7 @@ func TestRootDaemonStartsHelperAndSharesOpID(t *testing.T) {
 		t.Fatalf("helper lines of %s: %v", opID, methods)
 	}
 
-	if r := e.banger("network", "down"); r.code != 0 {
+	if r := e.Banger("network", "down"); r.Code != 0 {
 		t.Fatalf("network down: %+v", r)
 	}
 	if _, err := netlink.LinkByName("bangert0"); err == nil {
@@ -115,46 +84,46 @@ func TestRootUnprivilegedDaemonRefusedByHelper(t *testing.T) {
 	if !testutil.InNetNS(t) {
 		return
 	}
-	e := newEnv(t)
-	for _, d := range []string{e.root, e.stateDir, e.runDir} {
+	e := harness.NewEnv(t)
+	for _, d := range []string{e.Root, e.StateDir, e.RunDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, d := range []string{e.stateDir, e.runDir} {
+	for _, d := range []string{e.StateDir, e.RunDir} {
 		if err := os.Chown(d, 65534, 65534); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := os.Chmod(e.root, 0o755); err != nil {
+	if err := os.Chmod(e.Root, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	helperDir := filepath.Join(e.root, "helper")
+	helperDir := filepath.Join(e.Root, "helper")
 	os.MkdirAll(helperDir, 0o755)
 	helperSock := filepath.Join(helperDir, "helper.sock")
 	helperLog := filepath.Join(helperDir, "helper.log")
-	helper := exec.Command(filepath.Join(binDir, "banger-helper"),
-		"--socket", helperSock, "--socket-mode", "0666", "--state-dir", e.stateDir, "--log", helperLog)
+	helper := exec.Command(filepath.Join(harness.BinDir, "banger-helper"),
+		"--socket", helperSock, "--socket-mode", "0666", "--state-dir", e.StateDir, "--log", helperLog)
 	if err := helper.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { helper.Process.Signal(syscall.SIGTERM); helper.Wait() })
 	waitFor(t, func() bool { _, err := os.Stat(helperSock); return err == nil })
 
-	e.cred = &syscall.Credential{Uid: 65534, Gid: 65534}
-	e.vars = append(e.vars, "BANGER_HELPER_SOCKET="+helperSock, "HOME="+e.root, "USER=nobody")
-	r := e.banger("network", "up")
-	if r.code != 8 {
+	e.Cred = &syscall.Credential{Uid: 65534, Gid: 65534}
+	e.Vars = append(e.Vars, "BANGER_HELPER_SOCKET="+helperSock, "HOME="+e.Root, "USER=nobody")
+	r := e.Banger("network", "up")
+	if r.Code != 8 {
 		t.Fatalf("want exit 8 (forbidden), got %+v", r)
 	}
-	m := regexp.MustCompile(`op id: (op-[0-9a-f]{6})`).FindStringSubmatch(r.stderr)
-	if m == nil || !strings.Contains(r.stderr, "code:  forbidden") || !strings.Contains(r.stderr, "banger system install --user nobody") {
-		t.Fatalf("CLI error lacks op id, code or hint:\n%s", r.stderr)
+	m := regexp.MustCompile(`op id: (op-[0-9a-f]{6})`).FindStringSubmatch(r.Stderr)
+	if m == nil || !strings.Contains(r.Stderr, "code:  forbidden") || !strings.Contains(r.Stderr, "banger system install --user nobody") {
+		t.Fatalf("CLI error lacks op id, code or hint:\n%s", r.Stderr)
 	}
 	opID := m[1]
 
 	var daemonFailed bool
-	for _, rec := range linesWith(logLines(t, filepath.Join(e.stateDir, "bangerd.log")), "op_id", opID) {
+	for _, rec := range linesWith(harness.LogLines(t, filepath.Join(e.StateDir, "bangerd.log")), "op_id", opID) {
 		if rec["msg"] == "rpc failed" && rec["method"] == "network.up" && rec["code"] == "forbidden" {
 			daemonFailed = true
 		}
@@ -163,7 +132,7 @@ func TestRootUnprivilegedDaemonRefusedByHelper(t *testing.T) {
 		t.Fatalf("daemon log has no failed network.up with %s", opID)
 	}
 	var helperRefused bool
-	for _, rec := range linesWith(logLines(t, helperLog), "op_id", opID) {
+	for _, rec := range linesWith(harness.LogLines(t, helperLog), "op_id", opID) {
 		if rec["msg"] == "helper rpc failed" && rec["code"] == "forbidden" {
 			helperRefused = true
 		}
@@ -172,7 +141,7 @@ func TestRootUnprivilegedDaemonRefusedByHelper(t *testing.T) {
 		t.Fatalf("helper log has no refusal with %s", opID)
 	}
 	// The daemon really ran as the unprivileged user.
-	if fi, err := os.Stat(filepath.Join(e.stateDir, "bangerd.log")); err != nil || fi.Sys().(*syscall.Stat_t).Uid != 65534 {
+	if fi, err := os.Stat(filepath.Join(e.StateDir, "bangerd.log")); err != nil || fi.Sys().(*syscall.Stat_t).Uid != 65534 {
 		t.Fatalf("bangerd.log not written by uid 65534: %v", err)
 	}
 	// And nothing was created.
@@ -191,7 +160,7 @@ func killHelper(t *testing.T, socket string) {
 	}
 	_ = syscall.Kill(v.PID, syscall.SIGTERM)
 	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && alive(v.PID) && !isZombie(v.PID) {
+	for time.Now().Before(deadline) && harness.Alive(v.PID) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
@@ -206,4 +175,14 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatal("condition not met within 10s")
+}
+
+func linesWith(recs []map[string]any, key, val string) []map[string]any {
+	var out []map[string]any
+	for _, r := range recs {
+		if r[key] == val {
+			out = append(out, r)
+		}
+	}
+	return out
 }

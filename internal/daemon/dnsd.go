@@ -1,0 +1,44 @@
+package daemon
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/banger-dev/banger/internal/dns"
+)
+
+// ensureDNS starts the DNS responder on the bridge address once the bridge
+// has it. Port 53 needs root (or CAP_NET_BIND_SERVICE): an unprivileged
+// bangerd without it runs without names and says so in its log and in
+// doctor; VMs still reach each other by address.
+func (d *Daemon) ensureDNS(ctx context.Context) {
+	d.dnsMu.Lock()
+	defer d.dnsMu.Unlock()
+	if d.dnsServer != nil {
+		return
+	}
+	gw := d.cfg.Subnet().Addr().Next()
+	addr := net.JoinHostPort(gw.String(), "53")
+	s := &dns.Server{
+		Domain:    d.cfg.Network.Domain,
+		Upstreams: dns.HostUpstreams("/etc/resolv.conf"),
+		Logger:    d.log,
+		Lookup: func(name string) (netip.Addr, bool) {
+			vm, err := d.store.GetVMByName(context.Background(), name)
+			if err != nil || vm.Runtime.GuestIP == "" {
+				return netip.Addr{}, false
+			}
+			a, err := netip.ParseAddr(vm.Runtime.GuestIP)
+			return a, err == nil
+		},
+	}
+	if err := s.Serve(d.runCtx, addr); err != nil {
+		d.dnsErr = err.Error()
+		d.log.WarnContext(ctx, "dns responder not started: VMs cannot resolve each other by name", "address", addr, "error", err.Error(), "uid", os.Getuid())
+		return
+	}
+	d.dnsServer, d.dnsErr = s, ""
+	d.log.InfoContext(ctx, "dns responder started", "address", addr, "domain", d.cfg.Network.Domain, "upstreams", s.Upstreams)
+}

@@ -1,0 +1,74 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/banger-dev/banger/internal/helperapi"
+	"github.com/banger-dev/banger/tests/harness"
+)
+
+// newVMEnv is an install with the image imported as "default", a bridge
+// and subnet of its own, and a cleanup that deletes every VM and stops the
+// helper the root daemon started.
+func newVMEnv(t *testing.T, image string) *harness.Env {
+	t.Helper()
+	e := harness.NewEnv(t)
+	e.WriteConfig("[network]\nbridge = \"bangere2e\"\nsubnet = \"10.231.9.0/24\"\ntap_pool_size = 0\n[vm]\nmemory_mib = 512\ndisk_size = \"1G\"\nboot_timeout = \"240s\"\n")
+	e.MustBanger("image", "import", "--name", "default", image)
+	t.Cleanup(func() {
+		var list []struct {
+			Name string `json:"name"`
+		}
+		e.JSON(&list, "vm", "list")
+		for _, v := range list {
+			e.Banger("vm", "delete", "--force", v.Name)
+		}
+		killHelper(e)
+	})
+	return e
+}
+
+func killHelper(e *harness.Env) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	v, err := helperapi.NewClient(e.HelperSock).Version(ctx)
+	if err != nil {
+		return
+	}
+	_ = syscall.Kill(v.PID, syscall.SIGTERM)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && harness.Alive(v.PID) {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// linkExists reports whether a network device exists in this namespace.
+func linkExists(name string) bool {
+	_, err := netlink.LinkByName(name)
+	return err == nil
+}
+
+// vmmProcesses lists pids whose command line mentions dir.
+func vmmProcesses(dir string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		var pid int
+		if _, err := fmtSscan(e.Name(), &pid); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(b), dir) && harness.Alive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}

@@ -1,0 +1,230 @@
+// Package harness drives the real banger, bangerd and banger-helper
+// binaries for the integration and end-to-end tiers: it builds them once per
+// test binary and gives each test a private install (state, runtime, config
+// and helper socket in a temp directory).
+package harness
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/banger-dev/banger/internal/api"
+)
+
+// EnvBinDir passes the built binaries to a test re-run in a namespace.
+const EnvBinDir = "BANGER_TEST_BIN_DIR"
+
+// BinDir holds the binaries once Main has built them.
+var BinDir string
+
+// Main builds the binaries (unless a parent test process did) and runs m.
+func Main(m *testing.M) {
+	if dir := os.Getenv(EnvBinDir); dir != "" {
+		BinDir = dir
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "banger-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	// Other users (the unprivileged tests) run these binaries too.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	build := exec.Command("go", "build", "-o", dir+"/",
+		"github.com/banger-dev/banger/cmd/banger",
+		"github.com/banger-dev/banger/cmd/bangerd",
+		"github.com/banger-dev/banger/cmd/banger-helper")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building binaries:", err)
+		os.Exit(1)
+	}
+	BinDir = dir
+	os.Setenv(EnvBinDir, dir)
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// Env is one isolated banger install.
+type Env struct {
+	T          *testing.T
+	Root       string
+	StateDir   string
+	RunDir     string
+	HelperSock string
+	Vars       []string
+	// Cred, when set, runs the CLI (and so the daemon it starts) as
+	// another user.
+	Cred *syscall.Credential
+}
+
+// NewEnv makes a private install. Cleanup stops its daemon (and kills it if
+// it will not stop) and removes the directory.
+func NewEnv(t *testing.T) *Env {
+	t.Helper()
+	// Short paths: unix socket names are limited to 108 bytes.
+	root, err := os.MkdirTemp("", "bg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &Env{T: t, Root: root, StateDir: filepath.Join(root, "state"), RunDir: filepath.Join(root, "run"),
+		HelperSock: filepath.Join(root, "helper.sock")}
+	e.Vars = append(os.Environ(),
+		"BANGER_STATE_DIR="+e.StateDir,
+		"BANGER_RUNTIME_DIR="+e.RunDir,
+		"BANGER_CONFIG="+filepath.Join(root, "config.toml"),
+		"BANGER_HELPER_SOCKET="+e.HelperSock,
+		"BANGERD="+filepath.Join(BinDir, "bangerd"),
+		"BANGER_HELPER="+filepath.Join(BinDir, "banger-helper"),
+	)
+	t.Cleanup(func() {
+		e.Banger("daemon", "stop")
+		if pid := e.LockPID(); pid > 0 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		os.RemoveAll(root)
+	})
+	return e
+}
+
+// Setenv adds or replaces variables of the install's environment.
+func (e *Env) Setenv(kv ...string) { e.Vars = append(e.Vars, kv...) }
+
+// WriteConfig writes the install's config.toml.
+func (e *Env) WriteConfig(toml string) {
+	e.T.Helper()
+	if err := os.WriteFile(filepath.Join(e.Root, "config.toml"), []byte(toml), 0o644); err != nil {
+		e.T.Fatal(err)
+	}
+}
+
+// Result is one CLI run.
+type Result struct {
+	Stdout, Stderr string
+	Code           int
+	Took           time.Duration
+}
+
+func (r Result) String() string {
+	return fmt.Sprintf("exit %d\nstdout:\n%s\nstderr:\n%s", r.Code, r.Stdout, r.Stderr)
+}
+
+// Banger runs the CLI with args.
+func (e *Env) Banger(args ...string) Result {
+	e.T.Helper()
+	cmd := exec.Command(filepath.Join(BinDir, "banger"), args...)
+	cmd.Env = e.Vars
+	if e.Cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: e.Cred}
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.T.Fatalf("running banger %v: %v", args, err)
+	}
+	return Result{Stdout: out.String(), Stderr: errb.String(), Code: code, Took: time.Since(start)}
+}
+
+// MustBanger runs the CLI and fails the test unless it exits 0.
+func (e *Env) MustBanger(args ...string) Result {
+	e.T.Helper()
+	r := e.Banger(args...)
+	if r.Code != 0 {
+		e.T.Fatalf("banger %s: %s", strings.Join(args, " "), r)
+	}
+	return r
+}
+
+// JSON runs the CLI with -o json and decodes its output into v.
+func (e *Env) JSON(v any, args ...string) {
+	e.T.Helper()
+	r := e.MustBanger(append(args, "-o", "json")...)
+	if err := json.Unmarshal([]byte(r.Stdout), v); err != nil {
+		e.T.Fatalf("banger %v output: %v\n%s", args, err, r.Stdout)
+	}
+}
+
+// Status is banger daemon status -o json.
+func (e *Env) Status() api.DaemonStatus {
+	e.T.Helper()
+	var st api.DaemonStatus
+	e.JSON(&st, "daemon", "status")
+	return st
+}
+
+// LockPID is the pid in the daemon's lock file, or 0.
+func (e *Env) LockPID() int {
+	b, err := os.ReadFile(filepath.Join(e.StateDir, "bangerd.lock"))
+	if err != nil {
+		return 0
+	}
+	var pid int
+	fmt.Sscanf(strings.TrimSpace(string(b)), "%d", &pid)
+	return pid
+}
+
+// Alive reports whether pid runs (zombies count as dead).
+func Alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	return !IsZombie(pid)
+}
+
+// IsZombie reports whether pid has exited but not been reaped.
+func IsZombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && len(s) > i+2 && s[i+2] == 'Z'
+}
+
+// WaitDead waits until pid is gone.
+func WaitDead(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if !Alive(pid) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("pid %d still alive", pid)
+}
+
+// LogLines reads a JSON log file into records.
+func LogLines(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("reading log: %v", err)
+	}
+	var out []map[string]any
+	for _, line := range bytes.Split(data, []byte("\n")) {
+		var rec map[string]any
+		if json.Unmarshal(line, &rec) == nil {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
