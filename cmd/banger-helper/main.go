@@ -1,9 +1,10 @@
 // Command banger-helper is banger's root helper: a small privileged server
 // on a unix socket (default /run/banger/helper.sock) that bangerd calls for
 // the few things that need root (bridges, TAPs, NAT, loop devices,
-// device-mapper snapshots, device ownership). It admits root and the uids
-// given with --allow-uid, and only touches files under the --state-dir
-// roots. See docs/helper.md; systemd runs it from banger-helper.service.
+// device-mapper snapshots, device ownership, image build steps). It admits
+// root and the uids given with --allow-uid, only touches files under the
+// --state-dir roots, and builds images in --build-dir, which only root can
+// reach. See docs/helper.md; systemd runs it from banger-helper.service.
 package main
 
 import (
@@ -72,6 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (helper.Options, bool, error) {
 		o.StateDirs = append(o.StateDirs, s)
 		return nil
 	})
+	fs.StringVar(&o.BuildDir, "build-dir", o.BuildDir, "root-only scratch directory for image builds (absolute; emptied at start)")
 	fs.StringVar(&o.LogFile, "log", "", "JSON log file (default: stderr)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	showVersion := fs.Bool("version", false, "print the version and exit")

@@ -58,17 +58,17 @@ func TestParseFlags(t *testing.T) {
 	o, v, err := parseFlags([]string{
 		"--socket", "/run/x/h.sock", "--socket-mode", "0666", "--socket-group", "1000",
 		"--allow-uid", "1000", "--allow-uid", "1001", "--state-dir", "/var/lib/banger", "--state-dir", "/home/a/.local/state/banger",
-		"--log", "/var/log/banger/helper.log", "--log-level", "debug",
+		"--log", "/var/log/banger/helper.log", "--log-level", "debug", "--build-dir", "/srv/banger-builds",
 	}, &stderr)
 	if err != nil || v {
 		t.Fatal(err, v)
 	}
 	if o.Socket != "/run/x/h.sock" || o.SocketMode != 0o666 || o.SocketGID != 1000 ||
-		!slices.Equal(o.AllowUIDs, []uint32{1000, 1001}) || len(o.StateDirs) != 2 || o.LogFile != "/var/log/banger/helper.log" || o.LogLevel != -4 {
+		!slices.Equal(o.AllowUIDs, []uint32{1000, 1001}) || len(o.StateDirs) != 2 || o.LogFile != "/var/log/banger/helper.log" || o.LogLevel != -4 || o.BuildDir != "/srv/banger-builds" {
 		t.Errorf("options %+v", o)
 	}
 	d, _, err := parseFlags(nil, &stderr)
-	if err != nil || d.Socket != "/run/banger/helper.sock" || d.SocketMode != 0o660 || d.SocketGID != -1 || d.LogFile != "" {
+	if err != nil || d.Socket != "/run/banger/helper.sock" || d.SocketMode != 0o660 || d.SocketGID != -1 || d.LogFile != "" || d.BuildDir != "/var/lib/banger-helper/builds" {
 		t.Errorf("defaults %+v, %v", d, err)
 	}
 	for _, bad := range [][]string{
@@ -101,7 +101,7 @@ func TestBinaryServesAndStops(t *testing.T) {
 	sock := filepath.Join(dir, "run", "helper.sock")
 	logFile := filepath.Join(dir, "log", "helper.log")
 	cmd := exec.Command(bin, "--socket", sock, "--socket-mode", "0660", "--socket-group", "0",
-		"--allow-uid", "1000", "--state-dir", dir, "--log", logFile)
+		"--allow-uid", "1000", "--state-dir", dir, "--log", logFile, "--build-dir", filepath.Join(dir, "builds"))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

@@ -22,6 +22,11 @@ type UnitOptions struct {
 	AllowUIDs []uint32
 	// StateDirs are the state roots, each also made writable in the unit.
 	StateDirs []string
+	// BuildDir is the helper's root-only scratch directory for image
+	// builds. Under /var/lib/banger-helper (the unit's StateDirectory) it
+	// needs nothing more; elsewhere it is made writable with ReadWritePaths
+	// and must exist before the helper starts.
+	BuildDir string
 	// LogFile is the helper's JSON log; its directory should be
 	// /var/log/banger, the unit's LogsDirectory.
 	LogFile string
@@ -31,10 +36,16 @@ type UnitOptions struct {
 
 // Fixed install locations.
 const (
+	// helperStateDirectory is the unit's StateDirectory, root's 0700.
+	helperStateDirectory = "/var/lib/banger-helper"
+
 	DefaultBinaryPath = "/usr/local/libexec/banger/banger-helper"
 	DefaultSocket     = "/run/banger/helper.sock"
 	DefaultLogFile    = "/var/log/banger/helper.log"
 	DefaultStateDir   = "/var/lib/banger"
+	// DefaultBuildDir is the helper's scratch directory for image builds,
+	// inside the unit's StateDirectory (/var/lib/banger-helper, 0700).
+	DefaultBuildDir = "/var/lib/banger-helper/builds"
 )
 
 // DefaultUnitOptions renders dist/systemd/banger-helper.service: root only,
@@ -46,6 +57,7 @@ func DefaultUnitOptions() UnitOptions {
 		SocketMode: 0o660,
 		SocketGID:  -1,
 		StateDirs:  []string{DefaultStateDir},
+		BuildDir:   DefaultBuildDir,
 		LogFile:    DefaultLogFile,
 		LogLevel:   "info",
 	}
@@ -53,7 +65,7 @@ func DefaultUnitOptions() UnitOptions {
 
 // Validate checks the options before rendering.
 func (o UnitOptions) Validate() error {
-	for _, p := range []struct{ arg, v string }{{"binary", o.BinaryPath}, {"socket", o.Socket}, {"log", o.LogFile}} {
+	for _, p := range []struct{ arg, v string }{{"binary", o.BinaryPath}, {"socket", o.Socket}, {"log", o.LogFile}, {"build-dir", o.BuildDir}} {
 		if err := ValidatePath(p.arg, p.v); err != nil {
 			return err
 		}
@@ -102,11 +114,14 @@ func UnitFile(o UnitOptions) string {
 	for _, d := range o.StateDirs {
 		args = append(args, "--state-dir "+sdQuote(d))
 	}
-	args = append(args, "--log "+sdQuote(o.LogFile), "--log-level "+o.LogLevel)
+	args = append(args, "--build-dir "+sdQuote(o.BuildDir), "--log "+sdQuote(o.LogFile), "--log-level "+o.LogLevel)
 
 	var rw strings.Builder
 	for _, d := range o.StateDirs {
 		rw.WriteString("ReadWritePaths=" + sdQuote("-"+d) + "\n")
+	}
+	if !strings.HasPrefix(o.BuildDir, helperStateDirectory+"/") {
+		rw.WriteString("ReadWritePaths=" + sdQuote(o.BuildDir) + "\n")
 	}
 
 	return `# banger-helper.service: banger's root helper (docs/helper.md).
@@ -133,14 +148,22 @@ RuntimeDirectoryMode=0755
 RuntimeDirectoryPreserve=yes
 LogsDirectory=banger
 LogsDirectoryMode=0750
+# Image builds happen in /var/lib/banger-helper/builds (--build-dir), which
+# only root can reach; no build survives a helper restart.
+StateDirectory=banger-helper
+StateDirectoryMode=0700
 
-# Hardening that still allows netlink, nftables, loop and device-mapper.
+# Hardening that still allows netlink, nftables, loop and device-mapper, and
+# image builds (debootstrap, dpkg and chroot need CAP_SYS_CHROOT, CAP_SETUID,
+# CAP_SETGID, CAP_FSETID and CAP_SETFCAP for what packages install).
 NoNewPrivileges=yes
-CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_ADMIN CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_MKNOD
+CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_ADMIN CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_MKNOD CAP_SYS_CHROOT CAP_SETUID CAP_SETGID CAP_FSETID CAP_SETFCAP
+# AF_INET/AF_INET6 also let debootstrap reach the Debian mirror.
 RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6
 # The whole file system is read-only to the helper except /dev, /proc, /sys,
-# its runtime and log directories and the state roots below (the copy-on-write
-# files it attaches read-write live there).
+# its runtime, log and build directories and the state roots below (the
+# copy-on-write files it attaches read-write live there, and built images
+# are written there).
 ProtectSystem=strict
 # Not ProtectHome=yes or tmpfs: the state roots of users are under their
 # home (~/.local/state/banger) and must stay visible to attach loop devices.
@@ -159,9 +182,13 @@ ProtectKernelLogs=yes
 ProtectControlGroups=yes
 ProtectClock=yes
 ProtectHostname=yes
-RestrictNamespaces=yes
+# Image build steps run in new mount and PID namespaces (so they leave no
+# mount and no process behind); no other kind may be made.
+RestrictNamespaces=mnt pid
 RestrictRealtime=yes
-RestrictSUIDSGID=yes
+# Not RestrictSUIDSGID: dpkg must install setuid and setgid programs (su,
+# passwd, mount) into the image trees.
+RestrictSUIDSGID=no
 LockPersonality=yes
 MemoryDenyWriteExecute=yes
 SystemCallArchitectures=native
