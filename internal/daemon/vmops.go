@@ -14,6 +14,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/rpc"
+	"github.com/banger-dev/banger/internal/vmm/firecracker"
 	"github.com/banger-dev/banger/internal/vmm/qemu"
 )
 
@@ -213,6 +214,8 @@ func (d *Daemon) shutdownVMM(ctx context.Context, vm model.VM) error {
 	switch vm.VMM {
 	case "qemu":
 		return qemu.New(d.cfg.Paths.Qemu).Shutdown(ctx, vmmSpecFor(vm))
+	case "firecracker":
+		return firecracker.New(d.cfg.Paths.Firecracker, d.log).Shutdown(ctx, vmmSpecFor(vm))
 	}
 	return fmt.Errorf("no graceful shutdown for vmm %q", vm.VMM)
 }

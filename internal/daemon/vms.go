@@ -22,6 +22,7 @@ import (
 	"github.com/banger-dev/banger/internal/rpc"
 	"github.com/banger-dev/banger/internal/runner"
 	"github.com/banger-dev/banger/internal/vmm"
+	"github.com/banger-dev/banger/internal/vmm/firecracker"
 	"github.com/banger-dev/banger/internal/vmm/qemu"
 )
 
@@ -387,6 +388,11 @@ func (d *Daemon) driverFor(ctx context.Context, vm model.VM, img model.Image) (v
 	switch vm.VMM {
 	case "qemu":
 		return qemu.New(d.cfg.Paths.Qemu), accel, nil
+	case "firecracker":
+		if img.VmlinuxPath == "" {
+			return nil, "", rpc.WithHint(rpc.Errorf(rpc.ErrUnavailable, "image %s has no ELF vmlinux for firecracker", img.Name), "rebuild the image, or set vmm = \"qemu\"")
+		}
+		return firecracker.New(d.cfg.Paths.Firecracker, d.log), "kvm", nil
 	}
 	return nil, "", rpc.WithHint(rpc.Errorf(rpc.ErrUnavailable, "vmm %q is not available on this host", vm.VMM), "set vmm = \"qemu\" in the config")
 }
@@ -404,6 +410,12 @@ func (d *Daemon) vmSpec(vm model.VM, img model.Image, accel string) (vmm.Spec, e
 	if err != nil {
 		return vmm.Spec{}, err
 	}
+	kernel := img.KernelPath
+	if vm.VMM == "firecracker" {
+		// Firecracker boots the ELF kernel, and exits when the guest
+		// reboots: Ctrl-Alt-Del is its graceful stop.
+		kernel, cmdline = img.VmlinuxPath, cmdline+" reboot=k"
+	}
 	rootFormat := "raw"
 	if vm.Runtime.SystemOverlay == "qcow2" {
 		rootFormat = "qcow2"
@@ -411,7 +423,7 @@ func (d *Daemon) vmSpec(vm model.VM, img model.Image, accel string) (vmm.Spec, e
 	dir := vm.Runtime.VMDir
 	s := vmm.Spec{
 		ID: vm.ID, Name: vm.Name, VCPUs: vm.Spec.VCPUs, MemoryMiB: vm.Spec.MemoryMiB,
-		Kernel: img.KernelPath, Initrd: img.InitrdPath, Cmdline: cmdline,
+		Kernel: kernel, Initrd: img.InitrdPath, Cmdline: cmdline,
 		Disks: []vmm.Disk{
 			{ID: "rootfs", Path: vm.Runtime.OverlayPath, Format: rootFormat},
 			{ID: "work", Path: vm.Runtime.WorkDiskPath, Format: "raw"},

@@ -72,3 +72,15 @@ func vmmProcesses(dir string) []int {
 	}
 	return pids
 }
+
+// tapLinks lists banger's per-VM TAP devices in this namespace.
+func tapLinks() []string {
+	links, _ := netlink.LinkList()
+	var out []string
+	for _, l := range links {
+		if n := l.Attrs().Name; strings.HasPrefix(n, "tap-") && !strings.HasPrefix(n, "tap-pool-") {
+			out = append(out, n)
+		}
+	}
+	return out
+}
