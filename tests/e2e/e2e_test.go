@@ -94,7 +94,12 @@ func ensureImage(t *testing.T) string {
 		t.Fatal(err)
 	}
 	for _, f := range imageFiles {
-		if err := os.Rename(filepath.Join(e.StateDir, "images", "default", f), filepath.Join(tmp, f)); err != nil {
+		dst := filepath.Join(tmp, f)
+		if err := os.Rename(filepath.Join(e.StateDir, "images", "default", f), dst); err != nil {
+			t.Fatal(err)
+		}
+		// Unprivileged installs import it too.
+		if err := os.Chmod(dst, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -1,0 +1,79 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/testutil"
+	"github.com/banger-dev/banger/tests/harness"
+)
+
+// TestUnprivilegedVMRun: the CLI and bangerd run as uid 65534 and only the
+// helper, started here, runs as root. vm run works across that boundary,
+// and the VMM runs as the unprivileged user.
+func TestUnprivilegedVMRun(t *testing.T) {
+	requireE2E(t)
+	image := ensureImage(t)
+	if !testutil.InNetNS(t) {
+		return
+	}
+	const uid = 65534
+	e := harness.NewEnv(t)
+	for _, d := range []string{e.StateDir, e.RunDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(d, uid, uid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Chmod(e.Root, 0o755)
+	helperDir := filepath.Join(e.Root, "helper")
+	os.MkdirAll(helperDir, 0o755)
+	sock := filepath.Join(helperDir, "helper.sock")
+	helper := exec.Command(filepath.Join(harness.BinDir, "banger-helper"),
+		"--socket", sock, "--socket-mode", "0666", "--allow-uid", "65534",
+		"--state-dir", e.StateDir, "--log", filepath.Join(helperDir, "helper.log"))
+	if err := helper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { helper.Process.Signal(syscall.SIGTERM); helper.Wait() })
+
+	e.Cred = &syscall.Credential{Uid: uid, Gid: uid}
+	e.Setenv("BANGER_HELPER_SOCKET="+sock, "HOME="+e.Root, "USER=nobody")
+	e.WriteConfig("[network]\nbridge = \"bangeru0\"\nsubnet = \"10.231.13.0/24\"\ntap_pool_size = 0\n[vm]\nmemory_mib = 512\ndisk_size = \"1G\"\nboot_timeout = \"240s\"\n")
+	t.Cleanup(func() { e.Banger("vm", "delete", "--force", "u1") })
+
+	e.MustBanger("image", "import", "--name", "default", image)
+	r := e.Banger("vm", "run", "--name", "u1", "--", "cat", "/etc/hostname")
+	if r.Code != 0 || r.Stdout != "u1\n" {
+		t.Fatalf("vm run as uid %d: %s", uid, r)
+	}
+	var info api.VMInfo
+	e.JSON(&info, "vm", "show", "u1")
+	if info.Handles == nil || info.Handles.PID == 0 {
+		t.Fatalf("no VMM pid: %+v", info)
+	}
+	status, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(info.Handles.PID), "status"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(line, "Uid:") {
+			if f := strings.Fields(line); len(f) < 2 || f[1] != "65534" {
+				t.Fatalf("VMM runs as %q, want uid 65534", line)
+			}
+		}
+	}
+	// The helper saw calls from the daemon (uid 65534) only through its socket.
+	if log, _ := os.ReadFile(filepath.Join(helperDir, "helper.log")); !strings.Contains(string(log), `"method":"tap.open"`) {
+		t.Fatalf("helper log lacks the tap.open that passed the TAP to the unprivileged qemu:\n%s", log)
+	}
+	e.MustBanger("vm", "delete", "u1")
+}
