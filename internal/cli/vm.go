@@ -167,7 +167,10 @@ func (a *app) vmSSHCommand() *cobra.Command {
 		Short: "Open a shell in a VM, or run a command there, with the system's ssh",
 		Long: `Uses the system's ssh with banger's key and the VM's own known_hosts (its
 host key was pinned at first boot). Without a command it opens an
-interactive shell. Exits with the remote command's status.`,
+interactive shell. Exits with the remote command's status.
+
+Several words after -- are run as exactly those arguments; a single word
+is a shell command line (pipes and all).`,
 		Example: `  banger vm ssh demo
   banger vm ssh demo -- uname -r`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -215,8 +218,7 @@ func (a *app) sshRun(ctx context.Context, c *rpc.Client, name string, command []
 	}
 	args = append(args, info.User+"@"+info.Host)
 	if len(command) > 0 {
-		args = append(args, "--")
-		args = append(args, command...)
+		args = append(args, "--", remoteCommand(command))
 	}
 	sshBin := "ssh"
 	cmd := exec.CommandContext(ctx, sshBin, args...)
@@ -455,4 +457,27 @@ func (a *app) vmLogsCommand() *cobra.Command {
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
 	cmd.Flags().BoolVar(&vmmLog, "vmm", false, "show the VMM's log instead of the console")
 	return cmd
+}
+
+// remoteCommand turns the words after -- into the one string ssh hands to
+// the remote shell. Several words keep their boundaries exactly (each is
+// quoted), so `-- sh -c 'exit 7'` runs sh with two arguments; a single word
+// is taken as a shell command line, as ssh users expect (`-- 'ls | wc -l'`).
+func remoteCommand(words []string) string {
+	if len(words) == 1 {
+		return words[0]
+	}
+	quoted := make([]string, len(words))
+	for i, w := range words {
+		quoted[i] = shellQuote(w)
+	}
+	return strings.Join(quoted, " ")
+}
+
+// shellQuote quotes s for a POSIX shell.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,@%+") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
 }
