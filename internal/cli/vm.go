@@ -117,7 +117,7 @@ func (a *app) vmRunCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run --name NAME [--rm] -- COMMAND [ARGS...]",
 		Short: "Create and boot a VM, run a command in it over SSH, exit with its status",
-		Long: `Creates the VM (or reuses it when it already runs), runs the command as root
+		Long: `Creates the VM (or reuses one of that name, starting it if stopped), runs the command as root
 over SSH with stdout and stderr streamed, and exits with the command's exit
 status. --rm deletes the VM afterwards. Progress goes to stderr.`,
 		Example: `  banger vm run --name demo -- cat /etc/hostname
@@ -135,11 +135,18 @@ status. --rm deletes the VM afterwards. Progress goes to stderr.`,
 			if err != nil {
 				return err
 			}
+			// An existing VM of that name is reused: started when stopped.
 			var existing api.VMInfo
-			if err := c.Call(ctx, api.MethodVMShow, api.VMRef{Name: p.Name}, &existing); err == nil && existing.Alive {
-				// reuse a running VM of that name
-			} else if _, err := a.createVM(ctx, c, p); err != nil {
-				return err
+			switch err := c.Call(ctx, api.MethodVMShow, api.VMRef{Name: p.Name}, &existing); {
+			case err == nil && existing.Alive:
+			case err == nil && existing.Runtime.State == "stopped":
+				if _, err := a.startVM(ctx, c, p.Name); err != nil {
+					return err
+				}
+			default:
+				if _, err := a.createVM(ctx, c, p); err != nil {
+					return err
+				}
 			}
 			code, runErr := a.sshRun(ctx, c, p.Name, args, false)
 			if f.rm {
