@@ -185,6 +185,19 @@ func (d *Daemon) doctor(ctx context.Context, _ noParams) (api.DoctorReport, erro
 		add("subnet", hostcheck.OK, d.cfg.Network.Subnet+" on "+d.cfg.Network.Bridge+" clashes with no host route", "")
 	}
 
+	d.dnsMu.Lock()
+	dnsUp, dnsErr := d.dnsServer != nil, d.dnsErr
+	d.dnsMu.Unlock()
+	switch {
+	case dnsUp:
+		add("dns", hostcheck.OK, fmt.Sprintf("answering <vm>.%s on %s:53", d.cfg.Network.Domain, d.cfg.Subnet().Addr().Next()), "")
+	case dnsErr != "":
+		add("dns", hostcheck.Warn, "the DNS responder could not start: "+dnsErr+"; VMs reach each other by address only",
+			"let bangerd bind port 53: sudo setcap cap_net_bind_service=+ep $(command -v bangerd), or sysctl net.ipv4.ip_unprivileged_port_start=53")
+	default:
+		add("dns", hostcheck.OK, "starts with the bridge, on its address, port 53", "")
+	}
+
 	if free, err := hostcheck.FreeBytes(d.layout.StateDir); err != nil {
 		add("disk", hostcheck.Warn, err.Error(), "")
 	} else {
