@@ -114,6 +114,8 @@ func Run(ctx context.Context, opts Options) error {
 	srv := rpc.NewServer("", d.log)
 	d.register(srv)
 	d.reconcileImages(ctx)
+	d.reconcileVMs(ctx)
+	go d.monitor(ctx)
 
 	d.log.Info("bangerd started",
 		"pid", os.Getpid(), "version", version.String(), "socket", l.DaemonSocket(),

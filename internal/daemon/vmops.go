@@ -43,13 +43,9 @@ func (d *Daemon) getHandles(vm model.VM) *model.VMHandles {
 		c := *h
 		return &c
 	}
-	var h model.VMHandles
-	data, err := os.ReadFile(filepath.Join(vm.Runtime.VMDir, handlesFile))
-	if err != nil || json.Unmarshal(data, &h) != nil {
-		return &model.VMHandles{}
-	}
-	d.handles[vm.ID] = &h
-	c := h
+	h := readHandlesFile(vm.Runtime.VMDir)
+	d.handles[vm.ID] = h
+	c := *h
 	return &c
 }
 
