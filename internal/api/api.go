@@ -231,3 +231,21 @@ type SSHInfo struct {
 	KnownHosts string `json:"known_hosts"`
 	Alias      string `json:"alias"`
 }
+
+// MethodVerify lists leaks.
+const MethodVerify = "daemon.verify"
+
+// VerifyReport is the result of daemon.verify.
+type VerifyReport struct {
+	OK       bool   `json:"ok"`
+	VMs      int    `json:"vms"`
+	PoolTaps int    `json:"pool_taps"`
+	Leaks    []Leak `json:"leaks"`
+}
+
+// Leak is something on the host that banger made and no VM accounts for.
+type Leak struct {
+	Kind   string `json:"kind"`
+	What   string `json:"what"`
+	Detail string `json:"detail"`
+}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/rpc"
 	"github.com/banger-dev/banger/internal/runner"
@@ -28,7 +29,7 @@ type installOptions struct {
 func (a *app) systemCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "system",
-		Short: "Install banger's root helper (as root)",
+		Short: "Install banger's root helper (as root); verify nothing leaked",
 	}
 	var o installOptions
 	install := &cobra.Command{
@@ -55,7 +56,7 @@ after an upgrade. Without systemd it prints the command that starts the helper.`
 	install.Flags().StringVar(&o.helperBin, "helper-binary", "", "banger-helper to install (default: next to this banger)")
 	install.Flags().BoolVar(&o.dryRun, "dry-run", false, "print the unit and what would be done, change nothing")
 	install.Flags().StringVar(&o.logLevel, "log-level", "info", "the helper's log level")
-	cmd.AddCommand(install)
+	cmd.AddCommand(install, a.systemVerifyCommand())
 	return cmd
 }
 
@@ -176,4 +177,41 @@ func currentUser() string {
 		return u.Username
 	}
 	return "$USER"
+}
+
+func (a *app) systemVerifyCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "verify",
+		Short: "List what banger left on the host that no VM accounts for; exit 1 on any leak",
+		Long: `Lists leaks: TAP devices other than the pool's (tap-pool-N) that no running VM
+holds, loop devices backed by banger's files, device-mapper devices with
+banger's prefix, VMM processes without a live VM, VM directories without a
+record, and addresses on the bridge other than its gateway. Exits 1 when it
+finds any (scripts/verify.sh runs it after the test suite).`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var rep api.VerifyReport
+			if err := c.Call(cmd.Context(), api.MethodVerify, nil, &rep); err != nil {
+				return err
+			}
+			if a.output == "json" {
+				if err := writeJSON(a.stdout, rep); err != nil {
+					return err
+				}
+			} else {
+				for _, l := range rep.Leaks {
+					a.printf("LEAK  %-8s %s: %s\n", l.Kind, l.What, l.Detail)
+				}
+				a.printf("%d VMs, %d pool TAPs, %d leaks\n", rep.VMs, rep.PoolTaps, len(rep.Leaks))
+			}
+			if !rep.OK {
+				return &exitError{code: ExitError}
+			}
+			return nil
+		},
+	}
 }

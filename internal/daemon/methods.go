@@ -18,6 +18,7 @@ func (d *Daemon) register(s *rpc.Server) {
 	rpc.Register(s, api.MethodNetworkUp, d.networkUp)
 	rpc.Register(s, api.MethodNetworkDown, d.networkDown)
 	rpc.Register(s, api.MethodDoctor, d.doctor)
+	rpc.Register(s, api.MethodVerify, d.verify)
 	rpc.Register(s, api.MethodImageBuildBegin, d.imageBuildBegin)
 	rpc.Register(s, api.MethodImageBuildStatus, d.imageBuildStatus)
 	rpc.Register(s, api.MethodImageList, d.imageList)
