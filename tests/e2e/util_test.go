@@ -32,6 +32,10 @@ func newVMEnv(t *testing.T, image string) *harness.Env {
 		for _, v := range list {
 			e.Banger("vm", "delete", "--force", v.Name)
 		}
+		// After the suite's VMs are gone, nothing of banger's may remain.
+		if r := e.Banger("system", "verify"); r.Code != 0 {
+			t.Errorf("leaks after the test: %s", r)
+		}
 		killHelper(e)
 	})
 	return e
