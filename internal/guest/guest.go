@@ -32,7 +32,7 @@ import (
 
 // BuilderVersion names the image builder's behaviour for cache keys: bump it
 // when a build from the same packages and Files() would differ.
-const BuilderVersion = "1"
+const BuilderVersion = "2"
 
 //go:embed files
 var embedded embed.FS

@@ -37,7 +37,7 @@ func (h *Helper) openLog(caller rpc.PeerCred, path string) (*os.File, error) {
 		if err == unix.ELOOP {
 			return nil, fmt.Errorf("argument log_path %q: became a symlink: %w", path, rpc.ErrBadRequest)
 		}
-		if err == unix.ENXIO {
+		if err == unix.ENXIO || err == unix.EISDIR {
 			return nil, fmt.Errorf("argument log_path %q: not a regular file: %w", path, rpc.ErrBadRequest)
 		}
 		return nil, fmt.Errorf("opening the log %q: %w", real, err)

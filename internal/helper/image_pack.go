@@ -50,13 +50,6 @@ func (h *Helper) imagePack(ctx context.Context, caller rpc.PeerCred, p helperapi
 	ctx, cancel := context.WithTimeoutCause(ctx, packTimeout, fmt.Errorf("packing took more than %s", packTimeout))
 	defer cancel()
 
-	st, err := h.readState(p.BuildID)
-	if err != nil {
-		return res, err
-	}
-	if st.Step != stepConfigured {
-		return res, fmt.Errorf("build %s is at step %q, want %q (image.configure first): %w", p.BuildID, st.Step, stepConfigured, rpc.ErrConflict)
-	}
 	out, err := h.openOutDir(p.OutDir, p.UID, p.GID)
 	if err != nil {
 		return res, err
@@ -68,6 +61,13 @@ func (h *Helper) imagePack(ctx context.Context, caller rpc.PeerCred, p helperapi
 			return res, fmt.Errorf("argument out_dir %q: %s already exists there (image.pack never overwrites): %w", p.OutDir, n, rpc.ErrConflict)
 		}
 	}
+	st, err := h.readState(p.BuildID)
+	if err != nil {
+		return res, err
+	}
+	if st.Step != stepConfigured {
+		return res, fmt.Errorf("build %s is at step %q, want %q (image.configure first): %w", p.BuildID, st.Step, stepConfigured, rpc.ErrConflict)
+	}
 
 	treePath := h.buildPath(p.BuildID, treeName)
 	seedPath := h.buildPath(p.BuildID, seedName)
@@ -77,7 +77,8 @@ func (h *Helper) imagePack(ctx context.Context, caller rpc.PeerCred, p helperapi
 	}
 	defer t.Close()
 	s.logf("moving the tree's /root to the work-seed")
-	if err := t.moveRoot(seedPath); err != nil {
+	homeMode, err := t.moveRoot(seedPath)
+	if err != nil {
 		return res, s.fail("moving /root out of the tree", err)
 	}
 
@@ -111,6 +112,12 @@ func (h *Helper) imagePack(ctx context.Context, caller rpc.PeerCred, p helperapi
 	}
 	if err := s.cmd(ctx, fmt.Sprintf("work-seed.ext4: %d MiB from /root", seedSize>>20),
 		mkfsArgv("banger-work", seedPath, seedImg, seedSize)...); err != nil {
+		return res, err
+	}
+	// mke2fs -d makes the root directory 0755 (1.47.0 has no root_perms):
+	// give it /root's mode, which it becomes in the guest.
+	if err := s.cmd(ctx, fmt.Sprintf("work-seed.ext4: root directory mode %04o, as /root", homeMode),
+		seedModeArgv(seedImg, homeMode)...); err != nil {
 		return res, err
 	}
 	for _, img := range []string{rootfsImg, seedImg} {
@@ -198,6 +205,12 @@ func mkfsArgv(label, src, img string, size int64) []string {
 		"-d", src, img, strconv.FormatInt(size>>20, 10) + "M"}
 }
 
+// seedModeArgv sets the mode of img's root directory (debugfs, on the
+// unmounted image; the request is built from a number only).
+func seedModeArgv(img string, mode fs.FileMode) []string {
+	return []string{"debugfs", "-w", "-R", fmt.Sprintf("sif / mode 0%o", 0o40000|uint32(mode.Perm())), img}
+}
+
 func roundMiB(n int64) int64 { return (n + 1<<20 - 1) &^ (1<<20 - 1) }
 
 // apparentSize is du --apparent-size: the sizes of every file, directory
@@ -226,40 +239,41 @@ func apparentSize(dir string) (int64, error) {
 	return total, err
 }
 
-// moveRoot moves what the tree's /root holds into seed (made 0700, or with
-// /root's mode, if missing), leaving /root an empty mountpoint for the work
-// disk. Entries are renamed without following symlinks and without
-// replacing anything; a seed left by an earlier attempt is kept.
-func (t *tree) moveRoot(seed string) error {
+// moveRoot moves what the tree's /root holds into seed (made with /root's
+// mode if missing), leaving /root an empty mountpoint for the work disk,
+// and returns /root's mode. Entries are renamed without following symlinks
+// and without replacing anything; a seed left by an earlier attempt is kept.
+func (t *tree) moveRoot(seed string) (fs.FileMode, error) {
 	rootFD, err := unix.Openat(t.fd, "root", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("opening the tree's /root: %w", err)
+		return 0, fmt.Errorf("opening the tree's /root: %w", err)
 	}
 	rootDir := os.NewFile(uintptr(rootFD), "root")
 	defer rootDir.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(rootFD, &st); err != nil {
-		return err
+		return 0, err
 	}
+	mode := fs.FileMode(st.Mode & 0o777)
 	if err := os.Mkdir(seed, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return err
+		return 0, err
 	}
 	seedFD, err := unix.Open(seed, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer unix.Close(seedFD)
-	if err := t.own(seedFD, fs.FileMode(st.Mode&0o777)); err != nil {
-		return err
+	if err := t.own(seedFD, mode); err != nil {
+		return 0, err
 	}
 	names, err := rootDir.Readdirnames(-1)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	for _, n := range names {
 		if err := unix.Renameat2(rootFD, n, seedFD, n, unix.RENAME_NOREPLACE); err != nil {
-			return fmt.Errorf("moving /root/%s: %w", n, err)
+			return 0, fmt.Errorf("moving /root/%s: %w", n, err)
 		}
 	}
-	return nil
+	return mode, nil
 }

@@ -1,0 +1,210 @@
+package testutil
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/banger-dev/banger/internal/guest"
+)
+
+// ImageCacheDir holds built guest images between test runs, one directory
+// per key; BANGER_TEST_IMAGE_CACHE overrides it.
+const ImageCacheDir = "/var/cache/banger-test/images"
+
+// imageCacheComplete marks a cache entry whose build finished.
+const imageCacheComplete = ".complete"
+
+// DebianMirror returns the Debian mirror this host's apt uses for suite, and
+// its security mirror ("" when none), from the deb822 sources in
+// /etc/apt/sources.list.d/*.sources: the URIs of the first "Types: deb"
+// stanza whose Suites include suite (and suite-security). Tests build
+// images from it so that they reach whatever mirror this host can reach;
+// no host name is written into a test.
+func DebianMirror(suite string) (mirror, security string, err error) {
+	return debianMirror("/etc/apt/sources.list.d", suite)
+}
+
+func debianMirror(dir, suite string) (mirror, security string, err error) {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.sources"))
+	slices.Sort(files)
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, st := range deb822Stanzas(data) {
+			if !slices.Contains(strings.Fields(st["types"]), "deb") {
+				continue
+			}
+			uris := strings.Fields(st["uris"])
+			if len(uris) == 0 {
+				continue
+			}
+			suites := strings.Fields(st["suites"])
+			if mirror == "" && slices.Contains(suites, suite) {
+				mirror = uris[0]
+			}
+			if security == "" && slices.Contains(suites, suite+"-security") {
+				security = uris[0]
+			}
+		}
+	}
+	if mirror == "" {
+		return "", "", fmt.Errorf("no deb822 stanza for suite %s in %s/*.sources", suite, dir)
+	}
+	return mirror, security, nil
+}
+
+// deb822Stanzas splits deb822 data into stanzas of lower-cased field names
+// (continuation lines are joined; comments dropped).
+func deb822Stanzas(data []byte) []map[string]string {
+	var out []map[string]string
+	cur := map[string]string{}
+	last := ""
+	flush := func() {
+		if len(cur) > 0 {
+			out = append(out, cur)
+		}
+		cur, last = map[string]string{}, ""
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.TrimSpace(line) == "":
+			flush()
+		case strings.HasPrefix(line, "#"):
+		case line[0] == ' ' || line[0] == '\t':
+			if last != "" {
+				cur[last] += " " + strings.TrimSpace(line)
+			}
+		default:
+			k, v, ok := strings.Cut(line, ":")
+			if ok {
+				last = strings.ToLower(strings.TrimSpace(k))
+				cur[last] = strings.TrimSpace(v)
+			}
+		}
+	}
+	flush()
+	return out
+}
+
+// GuestImageKey is the cache key of an image built by banger's builder from
+// suite, mirror, security mirror and packages: a hash of those, of every
+// entry guest.Files() writes (path, mode, content, target), of the masked
+// units, the initrd modules and guest.BuilderVersion. Any change to what an
+// image would hold gives a new key.
+func GuestImageKey(suite, mirror, security string, packages []string) string {
+	h := sha256.New()
+	put := func(s string) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	put("banger guest image")
+	put(guest.BuilderVersion)
+	put(suite)
+	put(mirror)
+	put(security)
+	pk := slices.Clone(packages)
+	slices.Sort(pk)
+	put(strings.Join(pk, ","))
+	for _, f := range guest.Files() {
+		put(f.Path)
+		put(f.Mode.String())
+		put(string(f.Content))
+		put(f.Target)
+	}
+	put(strings.Join(guest.MaskedUnits, ","))
+	put(strings.Join(guest.InitrdModules, ","))
+	put(string(guest.InitrdInit(guest.InitrdModules)))
+	put(strings.Join(guest.RemovePatterns, ","))
+	return hex.EncodeToString(h.Sum(nil))[:32]
+}
+
+// CachedImage returns the directory of the cached image of key, building
+// it first when there is none: build fills the (empty) directory it is
+// given, and the entry counts only when build returns without failing t.
+// Concurrent test processes wait for one another (flock). A hit is logged
+// as "cache hit"; callers check the image either way.
+// BANGER_TEST_IMAGE_REBUILD=1 builds (and replaces) the entry regardless.
+func CachedImage(t testing.TB, key string, build func(dir string)) string {
+	t.Helper()
+	base := os.Getenv("BANGER_TEST_IMAGE_CACHE")
+	if base == "" {
+		base = ImageCacheDir
+	}
+	if key == "" || strings.ContainsAny(key, "/.") {
+		t.Fatalf("CachedImage: bad key %q", key)
+	}
+	dir := filepath.Join(base, key)
+	rebuild := os.Getenv("BANGER_TEST_IMAGE_REBUILD") == "1"
+	if complete(dir) && !rebuild {
+		t.Logf("image cache hit: %s", dir)
+		return dir
+	}
+	if err := os.MkdirAll(base, 0o755); err != nil {
+		t.Fatalf("image cache: %v", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(base, key+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatalf("image cache: %v", err)
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatalf("image cache lock: %v", err)
+	}
+	defer unix.Flock(int(lock.Fd()), unix.LOCK_UN)
+	if complete(dir) && !rebuild {
+		t.Logf("image cache hit (built meanwhile by another run): %s", dir)
+		return dir
+	}
+	os.RemoveAll(dir) // an incomplete entry
+	tmp, err := os.MkdirTemp(base, key+".building-")
+	if err != nil {
+		t.Fatalf("image cache: %v", err)
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(tmp)
+		}
+	}()
+	start := time.Now()
+	t.Logf("image cache miss: building %s", dir)
+	build(tmp)
+	if t.Failed() {
+		t.FailNow()
+	}
+	if err := os.WriteFile(filepath.Join(tmp, imageCacheComplete), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		t.Fatalf("image cache: %v", err)
+	}
+	ok = true
+	t.Logf("image cached in %s (build took %s)", dir, time.Since(start).Round(time.Second))
+	return dir
+}
+
+func complete(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, imageCacheComplete))
+	return err == nil
+}
