@@ -57,6 +57,7 @@ var BasePackages = []string{
 	"kmod",
 	"procps",
 	"busybox-static",
+	"iputils-ping",
 }
 
 // MaskedUnits are linked to /dev/null in every image. udev is installed (the

@@ -53,15 +53,23 @@ func deb822Mirror(path, suite string) (mirror, security string) {
 	}
 	for _, stanza := range strings.Split(string(data), "\n\n") {
 		fields := map[string][]string{}
+		last := ""
 		for _, line := range strings.Split(stanza, "\n") {
 			if strings.HasPrefix(strings.TrimSpace(line), "#") {
 				continue
 			}
-			k, v, ok := strings.Cut(line, ":")
-			if !ok {
+			if last != "" && (strings.HasPrefix(line, " ") || strings.HasPrefix(line, "\t")) {
+				// A continuation line adds to the field above.
+				fields[last] = append(fields[last], strings.Fields(line)...)
 				continue
 			}
-			fields[strings.ToLower(strings.TrimSpace(k))] = strings.Fields(v)
+			k, v, ok := strings.Cut(line, ":")
+			if !ok {
+				last = ""
+				continue
+			}
+			last = strings.ToLower(strings.TrimSpace(k))
+			fields[last] = strings.Fields(v)
 		}
 		if !contains(fields["types"], "deb") || len(fields["uris"]) == 0 {
 			continue

@@ -35,3 +35,36 @@ Components: main
 		t.Fatalf("one-line: %q %q %v", m, s, err)
 	}
 }
+
+func TestHostMirrorDeb822Continuation(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "sources.list.d"), 0o755)
+	os.WriteFile(filepath.Join(dir, "sources.list.d", "debian.sources"), []byte(`Types: deb
+# http://snapshot.debian.org/archive/debian/20250520T000000Z
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://src.example/debian
+Suites: trixie
+
+Types: deb
+URIs: http://security.example/debian-security
+Suites:
+ bookworm-security
+Components: main
+`), 0o644)
+	m, s, err := hostMirror(dir, "bookworm")
+	if err != nil || m != "http://mirror.example/debian" || s != "http://security.example/debian-security" {
+		t.Errorf("bookworm: %q %q %v", m, s, err)
+	}
+	if _, _, err := hostMirror(dir, "trixie"); err == nil {
+		t.Error("a deb-src stanza counted as a mirror")
+	}
+	if _, _, err := hostMirror(t.TempDir(), "bookworm"); err == nil {
+		t.Error("no sources, yet a mirror")
+	}
+}
+

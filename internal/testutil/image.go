@@ -1,12 +1,9 @@
 package testutil
 
 import (
-	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/image"
 )
 
 // ImageCacheDir holds built guest images between test runs, one directory
@@ -26,80 +24,11 @@ const ImageCacheDir = "/var/cache/banger-test/images"
 // imageCacheComplete marks a cache entry whose build finished.
 const imageCacheComplete = ".complete"
 
-// DebianMirror returns the Debian mirror this host's apt uses for suite, and
-// its security mirror ("" when none), from the deb822 sources in
-// /etc/apt/sources.list.d/*.sources: the URIs of the first "Types: deb"
-// stanza whose Suites include suite (and suite-security). Tests build
-// images from it so that they reach whatever mirror this host can reach;
-// no host name is written into a test.
+// DebianMirror returns the Debian mirror this host's apt uses for suite and
+// its security mirror (image.HostMirror): tests build images from it, so
+// they reach whatever mirror this host can reach and name no host.
 func DebianMirror(suite string) (mirror, security string, err error) {
-	return debianMirror("/etc/apt/sources.list.d", suite)
-}
-
-func debianMirror(dir, suite string) (mirror, security string, err error) {
-	files, _ := filepath.Glob(filepath.Join(dir, "*.sources"))
-	slices.Sort(files)
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		for _, st := range deb822Stanzas(data) {
-			if !slices.Contains(strings.Fields(st["types"]), "deb") {
-				continue
-			}
-			uris := strings.Fields(st["uris"])
-			if len(uris) == 0 {
-				continue
-			}
-			suites := strings.Fields(st["suites"])
-			if mirror == "" && slices.Contains(suites, suite) {
-				mirror = uris[0]
-			}
-			if security == "" && slices.Contains(suites, suite+"-security") {
-				security = uris[0]
-			}
-		}
-	}
-	if mirror == "" {
-		return "", "", fmt.Errorf("no deb822 stanza for suite %s in %s/*.sources", suite, dir)
-	}
-	return mirror, security, nil
-}
-
-// deb822Stanzas splits deb822 data into stanzas of lower-cased field names
-// (continuation lines are joined; comments dropped).
-func deb822Stanzas(data []byte) []map[string]string {
-	var out []map[string]string
-	cur := map[string]string{}
-	last := ""
-	flush := func() {
-		if len(cur) > 0 {
-			out = append(out, cur)
-		}
-		cur, last = map[string]string{}, ""
-	}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case strings.TrimSpace(line) == "":
-			flush()
-		case strings.HasPrefix(line, "#"):
-		case line[0] == ' ' || line[0] == '\t':
-			if last != "" {
-				cur[last] += " " + strings.TrimSpace(line)
-			}
-		default:
-			k, v, ok := strings.Cut(line, ":")
-			if ok {
-				last = strings.ToLower(strings.TrimSpace(k))
-				cur[last] = strings.TrimSpace(v)
-			}
-		}
-	}
-	flush()
-	return out
+	return image.HostMirror(suite)
 }
 
 // GuestImageKey is the cache key of an image built by banger's builder from

@@ -8,37 +8,6 @@ import (
 	"github.com/banger-dev/banger/internal/guest"
 )
 
-func TestDebianMirror(t *testing.T) {
-	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "debian.sources"), []byte(`Types: deb
-# http://snapshot.debian.org/archive/debian/20250520T000000Z
-URIs: http://mirror.example/debian
-Suites: bookworm bookworm-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb-src
-URIs: http://src.example/debian
-Suites: trixie
-
-Types: deb
-URIs: http://security.example/debian-security
-Suites:
- bookworm-security
-Components: main
-`), 0o644)
-	m, s, err := debianMirror(dir, "bookworm")
-	if err != nil || m != "http://mirror.example/debian" || s != "http://security.example/debian-security" {
-		t.Errorf("bookworm: %q %q %v", m, s, err)
-	}
-	if _, _, err := debianMirror(dir, "trixie"); err == nil {
-		t.Error("a deb-src stanza counted as a mirror")
-	}
-	if _, _, err := debianMirror(t.TempDir(), "bookworm"); err == nil {
-		t.Error("no sources, yet a mirror")
-	}
-}
-
 func TestGuestImageKey(t *testing.T) {
 	k := GuestImageKey("bookworm", "http://m/debian", "", guest.BasePackages)
 	if len(k) != 32 || k != GuestImageKey("bookworm", "http://m/debian", "", guest.BasePackages) {

@@ -5,17 +5,13 @@
 //
 // The image is built once with `banger image build` in the host's network
 // namespace (debootstrap needs the mirror) and cached under
-// /var/cache/banger-test/e2e-image/<key>, key = hash of everything that goes
-// into it; each test imports it into its own install.
+// /var/cache/banger-test/images/e2e-<key>, key = testutil.GuestImageKey of
+// everything that goes into it; each test imports it into its own install.
 package e2e
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 	"testing"
 
 	"github.com/banger-dev/banger/internal/guest"
@@ -24,10 +20,6 @@ import (
 )
 
 func TestMain(m *testing.M) { harness.Main(m) }
-
-// imageBuilderVersion changes when the build recipe changes in a way the
-// guest files do not show.
-const imageBuilderVersion = "1"
 
 var imageFiles = []string{"rootfs.ext4", "work-seed.ext4", "vmlinuz", "initrd.img"}
 
@@ -42,31 +34,21 @@ func requireE2E(t *testing.T) {
 	}
 }
 
-func imageKey() string {
-	h := sha256.New()
-	emb := guest.Embedded()
-	names := make([]string, 0, len(emb))
-	for n := range emb {
-		names = append(names, n)
+// imageKey is the cache key of the default image as `banger image build`
+// makes it on this host (config defaults: bookworm, the host's mirror).
+func imageKey(t *testing.T) string {
+	mirror, security, err := testutil.DebianMirror("bookworm")
+	if err != nil {
+		t.Fatal(err)
 	}
-	sort.Strings(names)
-	for _, n := range names {
-		h.Write([]byte(n))
-		h.Write(emb[n])
-	}
-	for _, f := range guest.Files() {
-		h.Write([]byte(f.Path + f.Mode.String() + f.Target))
-		h.Write(f.Content)
-	}
-	h.Write([]byte(strings.Join(guest.BasePackages, ",") + "|" + imageBuilderVersion))
-	return hex.EncodeToString(h.Sum(nil))[:16]
+	return "e2e-" + testutil.GuestImageKey("bookworm", mirror, security, guest.BasePackages)
 }
 
 // ensureImage returns a directory holding a built image, building it with
 // banger in the host namespace on a cache miss. Call it before InNetNS.
 func ensureImage(t *testing.T) string {
 	t.Helper()
-	dir := filepath.Join("/var/cache/banger-test/e2e-image", imageKey())
+	dir := filepath.Join(testutil.ImageCacheDir, imageKey(t))
 	complete := true
 	for _, f := range imageFiles {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
