@@ -67,4 +67,3 @@ Components: main
 		t.Error("no sources, yet a mirror")
 	}
 }
-
