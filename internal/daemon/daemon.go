@@ -49,6 +49,7 @@ type Daemon struct {
 
 	allocMu   sync.Mutex // IP and CID allocation
 	keyMu     sync.Mutex
+	pool      tapPool
 	handlesMu sync.Mutex
 	handles   map[string]*model.VMHandles
 	lastBoot  map[string][]api.Stage
@@ -115,6 +116,7 @@ func Run(ctx context.Context, opts Options) error {
 	d.register(srv)
 	d.reconcileImages(ctx)
 	d.reconcileVMs(ctx)
+	d.adoptPool(ctx)
 	go d.monitor(ctx)
 
 	d.log.Info("bangerd started",

@@ -41,6 +41,7 @@ func (d *Daemon) ensureNetwork(ctx context.Context) (api.NetworkStatus, error) {
 		d.log.InfoContext(ctx, "nat ready", "table", nat.Table, "created", nat.Created)
 	}
 	d.ensureDNS(ctx)
+	d.refillPool(ctx, st.Bridge)
 	return st, nil
 }
 
@@ -84,6 +85,15 @@ func (d *Daemon) networkDown(ctx context.Context, _ noParams) (api.NetworkStatus
 		d.dnsServer = nil
 	}
 	d.dnsMu.Unlock()
+	d.pool.mu.Lock()
+	idle := d.pool.idle
+	d.pool.idle = nil
+	d.pool.mu.Unlock()
+	for _, tap := range idle {
+		if _, err := h.DeleteTap(ctx, tap); err != nil {
+			d.log.WarnContext(ctx, "deleting pool TAP", "tap", tap, "error", err.Error())
+		}
+	}
 	if _, err := h.DeleteNAT(ctx, st.Bridge); err != nil {
 		return st, fmt.Errorf("removing NAT of %s: %w", st.Bridge, err)
 	}

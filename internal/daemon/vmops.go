@@ -77,13 +77,7 @@ func (d *Daemon) releaseRuntime(ctx context.Context, vm model.VM) {
 		_ = syscall.Kill(h.PID, syscall.SIGKILL)
 		waitExit(h.PID, 5*time.Second)
 	}
-	if h.TapDevice != "" {
-		if hc, err := d.helperClient(ctx); err == nil {
-			if _, err := hc.DeleteTap(ctx, h.TapDevice); err != nil {
-				d.log.WarnContext(ctx, "deleting TAP", "vm", vm.Name, "tap", h.TapDevice, "error", err.Error())
-			}
-		}
-	}
+	d.returnTap(ctx, h.TapDevice)
 	d.dropHandles(vm)
 }
 

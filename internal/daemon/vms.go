@@ -17,7 +17,6 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/disk"
 	"github.com/banger-dev/banger/internal/guest"
-	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/rpc"
 	"github.com/banger-dev/banger/internal/runner"
@@ -318,17 +317,17 @@ func (d *Daemon) bootVM(ctx context.Context, o *operation, vm model.VM, img mode
 		if err != nil {
 			return "", err
 		}
-		hc, err := d.helperClient(ctx)
+		tap, pooled, err := d.takeTap(ctx, vm, net.Bridge)
 		if err != nil {
 			return "", err
 		}
-		tap := helperapi.VMTapName(vm.ID)
-		if _, err := hc.CreateTap(ctx, helperapi.TapCreateParams{Name: tap, Bridge: net.Bridge, UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}); err != nil {
-			return "", fmt.Errorf("creating TAP %s: %w", tap, err)
-		}
 		h.TapDevice = tap
 		d.setHandles(vm, h)
-		return fmt.Sprintf("%s on %s, %s", tap, net.Bridge, vm.Runtime.GuestIP), nil
+		from := "new"
+		if pooled {
+			from = "from the pool"
+		}
+		return fmt.Sprintf("%s (%s) on %s, %s", tap, from, net.Bridge, vm.Runtime.GuestIP), nil
 	}); err != nil {
 		return vm, err
 	}
@@ -428,7 +427,7 @@ func (d *Daemon) vmSpec(vm model.VM, img model.Image, accel string) (vmm.Spec, e
 			{ID: "rootfs", Path: vm.Runtime.OverlayPath, Format: rootFormat},
 			{ID: "work", Path: vm.Runtime.WorkDiskPath, Format: "raw"},
 		},
-		TapName: helperapi.VMTapName(vm.ID), MAC: vm.Runtime.MAC, Accel: accel,
+		TapName: d.getHandles(vm).TapDevice, MAC: vm.Runtime.MAC, Accel: accel,
 		APISocket: vm.Runtime.APISockPath, LogPath: vm.Runtime.LogPath, ConsolePath: vm.Runtime.ConsolePath,
 		MetricsPath: vm.Runtime.MetricsPath, VSockPath: vm.Runtime.VSockPath, VSockCID: vm.Runtime.VSockCID,
 	}

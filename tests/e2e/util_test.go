@@ -89,3 +89,12 @@ func tapLinks() []string {
 	}
 	return out
 }
+
+func linkNames() []string {
+	links, _ := netlink.LinkList()
+	out := make([]string, 0, len(links))
+	for _, l := range links {
+		out = append(out, l.Attrs().Name)
+	}
+	return out
+}
