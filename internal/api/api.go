@@ -217,9 +217,6 @@ type VMInfo struct {
 	model.VM
 	Alive   bool             `json:"alive"`
 	Handles *model.VMHandles `json:"handles,omitempty"`
-	// LastBoot holds the stages of the last create or start, with
-	// durations, while the daemon remembers them.
-	LastBoot []Stage `json:"last_boot,omitempty"`
 }
 
 // SSHInfo is what the CLI needs to run the system's ssh against a VM.

@@ -325,10 +325,10 @@ func (a *app) showVM(v api.VMInfo) error {
 	if v.Runtime.LastError != "" {
 		pairs = append(pairs, [2]string{"last error", v.Runtime.LastError})
 	}
-	if len(v.LastBoot) > 0 {
+	if len(v.Runtime.LastBoot) > 0 {
 		var parts []string
 		var total int64
-		for _, s := range v.LastBoot {
+		for _, s := range v.Runtime.LastBoot {
 			parts = append(parts, fmt.Sprintf("%s %s", s.Name, humanDuration(time.Duration(s.DurationMS)*time.Millisecond)))
 			total += s.DurationMS
 		}

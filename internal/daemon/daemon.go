@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/dns"
 	"github.com/banger-dev/banger/internal/model"
@@ -52,7 +51,6 @@ type Daemon struct {
 	pool      tapPool
 	handlesMu sync.Mutex
 	handles   map[string]*model.VMHandles
-	lastBoot  map[string][]api.Stage
 	vmLocks   map[string]*vmLock
 
 	runCtx    context.Context // the daemon's lifetime
@@ -109,7 +107,6 @@ func Run(ctx context.Context, opts Options) error {
 		ops:         newOpRegistry(),
 		imageBuilds: map[string]string{},
 		handles:     map[string]*model.VMHandles{},
-		lastBoot:    map[string][]api.Stage{},
 		vmLocks:     map[string]*vmLock{},
 	}
 	srv := rpc.NewServer("", d.log)

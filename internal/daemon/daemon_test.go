@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/logging"
 	"github.com/banger-dev/banger/internal/model"
@@ -64,7 +63,7 @@ func newTestDaemon(t *testing.T, fakeHelper func(*rpc.Server)) (*Daemon, *locked
 		opts: Options{Layout: l, Config: cfg, LogLevel: "debug"}, layout: l, cfg: cfg,
 		log: logging.New(logs, slog.LevelDebug, "test"), store: st, started: time.Now(), stop: cancel, runCtx: ctx,
 		ops: newOpRegistry(), imageBuilds: map[string]string{}, handles: map[string]*model.VMHandles{},
-		lastBoot: map[string][]api.Stage{}, vmLocks: map[string]*vmLock{},
+		vmLocks: map[string]*vmLock{},
 	}
 	if fakeHelper != nil {
 		srv := rpc.NewServer("helper", logging.New(logs, slog.LevelDebug, "fake-helper"))

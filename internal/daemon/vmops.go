@@ -92,11 +92,22 @@ func waitExit(pid int, timeout time.Duration) bool {
 	return !processAlive(pid)
 }
 
-func (d *Daemon) rememberBoot(id string, o *operation) {
-	s := o.snapshot()
-	d.handlesMu.Lock()
-	d.lastBoot[id] = s.Stages
-	d.handlesMu.Unlock()
+// rememberBoot records the stages of a create or start, with their
+// durations, in the VM's row (vm show prints them; -o json carries them).
+func (d *Daemon) rememberBoot(ctx context.Context, vm model.VM, o *operation) model.VM {
+	var stages []model.BootStage
+	for _, st := range o.snapshot().Stages {
+		stages = append(stages, model.BootStage{Name: st.Name, DurationMS: st.DurationMS, Detail: st.Detail})
+	}
+	updated, err := d.store.UpdateVMRuntime(ctx, vm.ID, func(r *model.VMRuntime) error {
+		r.LastBoot = stages
+		return nil
+	})
+	if err != nil {
+		d.log.WarnContext(ctx, "recording boot stages", "vm", vm.Name, "error", err.Error())
+		return vm
+	}
+	return updated
 }
 
 func (d *Daemon) vmInfo(ctx context.Context, vm model.VM) api.VMInfo {
@@ -104,9 +115,6 @@ func (d *Daemon) vmInfo(ctx context.Context, vm model.VM) api.VMInfo {
 	if info.Alive {
 		info.Handles = d.getHandles(vm)
 	}
-	d.handlesMu.Lock()
-	info.LastBoot = d.lastBoot[vm.ID]
-	d.handlesMu.Unlock()
 	return info
 }
 
@@ -240,7 +248,7 @@ func (d *Daemon) vmStartBegin(ctx context.Context, p api.VMRef) (api.Operation, 
 			d.failCreate(bctx, o, vm, err)
 			return
 		}
-		d.rememberBoot(vm.ID, o)
+		vm = d.rememberBoot(bctx, vm, o)
 		o.finish(d.vmInfo(bctx, vm), nil)
 	}()
 	return o.snapshot(), nil
@@ -267,9 +275,6 @@ func (d *Daemon) vmDelete(ctx context.Context, p api.VMRef) (api.VMInfo, error) 
 	if err := d.store.DeleteVM(ctx, vm.ID); err != nil {
 		return api.VMInfo{}, err
 	}
-	d.handlesMu.Lock()
-	delete(d.lastBoot, vm.ID)
-	d.handlesMu.Unlock()
 	d.log.InfoContext(ctx, "vm deleted", "vm", vm.Name, "id", vm.ID)
 	vm.Runtime.State = model.StateStopped
 	return api.VMInfo{VM: vm}, nil

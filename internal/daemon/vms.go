@@ -130,7 +130,7 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.O
 			d.failCreate(bctx, o, vm, err)
 			return
 		}
-		d.rememberBoot(vm.ID, o)
+		vm = d.rememberBoot(bctx, vm, o)
 		o.finish(d.vmInfo(bctx, vm), nil)
 	}()
 	return o.snapshot(), nil

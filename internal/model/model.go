@@ -66,6 +66,16 @@ type VMRuntime struct {
 	OverlayPath   string  `json:"overlay_path,omitempty"`
 	WorkDiskPath  string  `json:"work_disk_path,omitempty"`
 	LastError     string  `json:"last_error,omitempty"`
+	// LastBoot is the stages of the last create or start with their
+	// durations: a fact about the VM kept across daemon restarts.
+	LastBoot []BootStage `json:"last_boot,omitempty"`
+}
+
+// BootStage is one timed stage of a create or start.
+type BootStage struct {
+	Name       string `json:"name"`
+	DurationMS int64  `json:"duration_ms"`
+	Detail     string `json:"detail,omitempty"`
 }
 
 // VMHandles is what is true now at kernel level for a running VM. It is

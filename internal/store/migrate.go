@@ -81,6 +81,10 @@ CREATE UNIQUE INDEX vms_guest_ip ON vms (guest_ip) WHERE guest_ip != '';
 CREATE UNIQUE INDEX vms_vsock_cid ON vms (vsock_cid) WHERE vsock_cid != 0;
 CREATE INDEX vms_image ON vms (image);`,
 	},
+	{
+		name: "vms: stages of the last boot",
+		sql:  `ALTER TABLE vms ADD COLUMN last_boot TEXT NOT NULL DEFAULT '[]';`,
+	},
 }
 
 // schemaVersion reads PRAGMA user_version.

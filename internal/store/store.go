@@ -58,6 +58,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -199,6 +200,39 @@ func (c timeCol) Scan(src any) error {
 	}
 	*c.t = t
 	return nil
+}
+
+// jsonCol adapts a value stored as JSON text: a small list that is only
+// ever read and written whole (a VM's last boot stages).
+type jsonCol[T any] struct{ v *T }
+
+func (c jsonCol[T]) Value() (driver.Value, error) {
+	b, err := json.Marshal(*c.v)
+	if err != nil {
+		return nil, err
+	}
+	if string(b) == "null" {
+		return "[]", nil
+	}
+	return string(b), nil
+}
+
+func (c jsonCol[T]) Scan(src any) error {
+	var b []byte
+	switch v := src.(type) {
+	case string:
+		b = []byte(v)
+	case []byte:
+		b = v
+	default:
+		return fmt.Errorf("json column: unexpected %T", src)
+	}
+	var zero T
+	*c.v = zero
+	if string(b) == "[]" || len(b) == 0 {
+		return nil
+	}
+	return json.Unmarshal(b, c.v)
 }
 
 // now is the time stamped on created and updated rows.

@@ -77,6 +77,7 @@ func fullVM(i int) model.VM {
 			OverlayPath:   dir + "/cow.img",
 			WorkDiskPath:  dir + "/work.ext4",
 			LastError:     "none yet",
+			LastBoot:      []model.BootStage{{Name: "boot", DurationMS: 1234, Detail: "sshd listening"}},
 		},
 		CreatedAt: someTime.Add(time.Duration(i) * time.Second),
 		UpdatedAt: someTime.Add(time.Duration(i)*time.Second + time.Nanosecond),

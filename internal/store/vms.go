@@ -42,6 +42,7 @@ func vmFields(vm *model.VM) []field {
 		{"overlay_path", &r.OverlayPath},
 		{"work_disk_path", &r.WorkDiskPath},
 		{"last_error", &r.LastError},
+		{"last_boot", jsonCol[[]model.BootStage]{&r.LastBoot}},
 		{"updated_at", timeCol{&vm.UpdatedAt}},
 	}
 }

@@ -43,7 +43,7 @@ func TestTapPool(t *testing.T) {
 		t.Fatalf("create did not take a pooled TAP: %s", info.Handles.TapDevice)
 	}
 	var network string
-	for _, s := range info.LastBoot {
+	for _, s := range info.Runtime.LastBoot {
 		if s.Name == "network" {
 			network = s.Detail
 		}
