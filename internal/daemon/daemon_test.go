@@ -38,7 +38,7 @@ func (l *lockedBuffer) String() string {
 
 // newTestDaemon is a daemon on a temp state directory whose helper socket
 // is served by fakeHelper (when given).
-func newTestDaemon(t *testing.T, fakeHelper func(*rpc.Server)) (*Daemon, *lockedBuffer) {
+func newTestDaemon(t testing.TB, fakeHelper func(*rpc.Server)) (*Daemon, *lockedBuffer) {
 	t.Helper()
 	root, err := os.MkdirTemp("", "bgd-")
 	if err != nil {
