@@ -53,6 +53,10 @@ fuzz: ## fuzz the RPC request decoder for 30s
 bench: ## Go benchmarks of the hot paths
 	$(GO) test -run XXX -bench . -benchmem ./internal/...
 
+.PHONY: bench-create
+bench-create: ## measure create-to-SSH against a bare qemu boot, in a netns (root; ARGS="--runs N")
+	./scripts/bench-create $(ARGS)
+
 .PHONY: lint
 lint: ## gofmt, go vet and go mod tidy must be clean
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

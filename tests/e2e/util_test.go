@@ -1,18 +1,14 @@
 package e2e
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/tests/harness"
 )
 
@@ -41,19 +37,7 @@ func newVMEnv(t *testing.T, image string) *harness.Env {
 	return e
 }
 
-func killHelper(e *harness.Env) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	v, err := helperapi.NewClient(e.HelperSock).Version(ctx)
-	if err != nil {
-		return
-	}
-	_ = syscall.Kill(v.PID, syscall.SIGTERM)
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && harness.Alive(v.PID) {
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+func killHelper(e *harness.Env) { e.KillHelper() }
 
 // linkExists reports whether a network device exists in this namespace.
 func linkExists(name string) bool {

@@ -1,0 +1,335 @@
+// Package bench measures VM creation end to end (scripts/bench-create):
+// banger's create-to-SSH-ready against a bare qemu boot of the same image,
+// per-stage times, the work disk from the seed against from scratch, a TAP
+// from the pool against a new one, and `banger vm list` over 200 VMs. It
+// prints a table and writes the figures as JSON. It asserts nothing about
+// speed: it is a measurement, run on demand (BANGER_BENCH=1), not a test.
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/disk"
+	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/runner"
+	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/testutil"
+	"github.com/banger-dev/banger/internal/vmm"
+	"github.com/banger-dev/banger/internal/vmm/qemu"
+	"github.com/banger-dev/banger/tests/harness"
+)
+
+func TestMain(m *testing.M) { harness.Main(m) }
+
+// series is a named list of durations in milliseconds.
+type series struct {
+	Name    string    `json:"name"`
+	Samples []float64 `json:"samples_ms"`
+	Min     float64   `json:"min_ms"`
+	Median  float64   `json:"median_ms"`
+	Max     float64   `json:"max_ms"`
+}
+
+func summarize(name string, ms []float64) series {
+	s := series{Name: name, Samples: ms}
+	if len(ms) == 0 {
+		return s
+	}
+	sorted := append([]float64(nil), ms...)
+	sort.Float64s(sorted)
+	s.Min, s.Max = sorted[0], sorted[len(sorted)-1]
+	if n := len(sorted); n%2 == 1 {
+		s.Median = sorted[n/2]
+	} else {
+		s.Median = (sorted[n/2-1] + sorted[n/2]) / 2
+	}
+	return s
+}
+
+type results struct {
+	Runs      int                `json:"runs"`
+	Host      string             `json:"host"`
+	Accel     string             `json:"accel"`
+	StartedAt time.Time          `json:"started_at"`
+	Series    []series           `json:"series"`
+	Ratios    map[string]float64 `json:"ratios"`
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func TestBenchCreate(t *testing.T) {
+	if os.Getenv("BANGER_BENCH") != "1" && os.Getenv(testutil.EnvNetNS) == "" {
+		t.Skip("a measurement, not a test: run scripts/bench-create (BANGER_BENCH=1)")
+	}
+	testutil.RequireRoot(t)
+	image := harness.EnsureImage(t)
+	if !testutil.InNetNS(t) {
+		return
+	}
+	runs, _ := strconv.Atoi(os.Getenv("BANGER_BENCH_RUNS"))
+	if runs < 1 {
+		runs = 3
+	}
+	out := os.Getenv("BANGER_BENCH_OUT")
+	res := results{Runs: runs, StartedAt: time.Now().UTC(), Ratios: map[string]float64{}}
+	res.Host, _ = os.Hostname()
+	add := func(s series) { res.Series = append(res.Series, s) }
+
+	// banger: create (pool on), ssh true, delete.
+	e := harness.NewEnv(t)
+	cfg := func(pool int) string {
+		return fmt.Sprintf("[network]\nbridge = \"bangerb0\"\nsubnet = \"10.231.20.0/24\"\ntap_pool_size = %d\n[vm]\nvcpus = 2\nmemory_mib = 512\ndisk_size = \"1G\"\n", pool)
+	}
+	e.WriteConfig(cfg(1))
+	t.Cleanup(e.KillHelper)
+	e.MustBanger("image", "import", "--name", "default", image)
+	e.MustBanger("network", "up")
+	time.Sleep(500 * time.Millisecond) // let the pool fill
+	var total, ssh, stagesPool []float64
+	perStage := map[string][]float64{}
+	var order []string
+	for i := 0; i < runs; i++ {
+		name := fmt.Sprintf("b%d", i)
+		start := time.Now()
+		var info api.VMInfo
+		e.JSON(&info, "vm", "create", "--name", name)
+		total = append(total, ms(time.Since(start)))
+		for _, st := range info.Runtime.LastBoot {
+			if _, ok := perStage[st.Name]; !ok {
+				order = append(order, st.Name)
+			}
+			perStage[st.Name] = append(perStage[st.Name], float64(st.DurationMS))
+			if st.Name == "network" && strings.Contains(st.Detail, "from the pool") {
+				stagesPool = append(stagesPool, float64(st.DurationMS))
+			}
+		}
+		s := time.Now()
+		e.MustBanger("vm", "ssh", name, "--", "true")
+		ssh = append(ssh, ms(time.Since(s)))
+		e.MustBanger("vm", "delete", name)
+		time.Sleep(300 * time.Millisecond)
+	}
+	add(summarize("banger create to ssh-ready (CLI wall)", total))
+	for _, n := range order {
+		add(summarize("  stage "+n, perStage[n]))
+	}
+	add(summarize("banger vm ssh -- true", ssh))
+
+	// A new TAP per create: no pool.
+	e.MustBanger("network", "down")
+	e.MustBanger("daemon", "stop")
+	e.WriteConfig(cfg(0))
+	var stagesNew []float64
+	for i := 0; i < runs; i++ {
+		name := fmt.Sprintf("n%d", i)
+		var info api.VMInfo
+		e.JSON(&info, "vm", "create", "--name", name)
+		for _, st := range info.Runtime.LastBoot {
+			if st.Name == "network" {
+				stagesNew = append(stagesNew, float64(st.DurationMS))
+			}
+		}
+		e.MustBanger("vm", "delete", name)
+	}
+	add(summarize("network stage, TAP from the pool", stagesPool))
+	add(summarize("network stage, new TAP", stagesNew))
+	e.MustBanger("network", "down")
+	e.MustBanger("daemon", "stop")
+	e.KillHelper()
+
+	// Baseline: the same image booted by qemu's bare command line.
+	base := baseline(t, image, runs)
+	add(base)
+	banger := summarize("", total)
+	if base.Median > 0 {
+		res.Ratios["banger/baseline create-to-ssh-ready median"] = banger.Median / base.Median
+	}
+
+	// Work disk: seed clone + grow to 4 GiB against from scratch.
+	seedMS, scratchMS := workDisks(t, image, runs)
+	add(summarize("work disk 4G from the seed", seedMS))
+	add(summarize("work disk 4G from scratch", scratchMS))
+	if m := summarize("", scratchMS).Median; m > 0 {
+		res.Ratios["work disk seed/scratch median"] = summarize("", seedMS).Median / m
+	}
+
+	// vm list over 200 VMs, whole CLI process.
+	add(listBench(t, image))
+
+	res.Accel = "tcg"
+	fmt.Printf("\n%-46s %10s %10s %10s\n", "series (ms)", "min", "median", "max")
+	for _, s := range res.Series {
+		fmt.Printf("%-46s %10.1f %10.1f %10.1f\n", s.Name, s.Min, s.Median, s.Max)
+	}
+	keys := make([]string, 0, len(res.Ratios))
+	for k := range res.Ratios {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Printf("%-46s %10.2f\n", k, res.Ratios[k])
+	}
+	if out != "" {
+		data, _ := json.MarshalIndent(res, "", "  ")
+		if err := os.WriteFile(out, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("results: %s\n", out)
+	}
+}
+
+// baseline boots the image with qemu's own command line (the argv banger's
+// driver builds, minus banger) on a qcow2 overlay and a seed-made work
+// disk, with a TAP on a bridge of its own, and times it to SSH-ready.
+func baseline(t *testing.T, image string, runs int) series {
+	dir := t.TempDir()
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "bbase0"}}
+	if err := netlink.LinkAdd(br); err != nil {
+		t.Fatal(err)
+	}
+	defer netlink.LinkDel(br)
+	addr, _ := netlink.ParseAddr("10.231.21.1/24")
+	netlink.AddrAdd(br, addr)
+	netlink.LinkSetUp(br)
+	tap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "tbase0", MasterIndex: br.Index}, Mode: netlink.TUNTAP_MODE_TAP}
+	if err := netlink.LinkAdd(tap); err != nil {
+		t.Fatal(err)
+	}
+	defer netlink.LinkDel(tap)
+	netlink.LinkSetMaster(tap, br)
+	netlink.LinkSetUp(tap)
+
+	key := filepath.Join(dir, "id_ed25519")
+	if _, err := (&runner.Exec{}).Run(context.Background(), "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key); err != nil {
+		t.Fatal(err)
+	}
+	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
+	khz, _ := guest.ParseTSCKHz(nil, cpuinfo)
+	var samples []float64
+	for i := 0; i < runs; i++ {
+		run := filepath.Join(dir, strconv.Itoa(i))
+		os.MkdirAll(run, 0o700)
+		r := &runner.Exec{}
+		ctx := context.Background()
+		root, _, err := disk.Overlay(ctx, r, disk.StrategyQcow2, filepath.Join(image, "rootfs.ext4"), run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		work := filepath.Join(run, "work.ext4")
+		if _, err := disk.WorkDisk(ctx, r, filepath.Join(image, "work-seed.ext4"), work, 1<<30, key+".pub"); err != nil {
+			t.Fatal(err)
+		}
+		cmdline, _ := guest.KernelCmdline(guest.Settings{IP: mustPrefix("10.231.21.2/24"), Gateway: mustAddr("10.231.21.1"), Hostname: "base", TSCKHz: khz})
+		args, err := qemu.Args(vmm.Spec{
+			Name: "base", VCPUs: 2, MemoryMiB: 512, Kernel: filepath.Join(image, "vmlinuz"), Initrd: filepath.Join(image, "initrd.img"),
+			Cmdline: cmdline, Accel: "tcg", TapName: "tbase0", MAC: "02:00:00:00:00:99",
+			Disks:     []vmm.Disk{{ID: "rootfs", Path: root, Format: "qcow2"}, {ID: "work", Path: work, Format: "raw"}},
+			APISocket: filepath.Join(run, "qmp.sock"), ConsolePath: filepath.Join(run, "console.log"),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		cmd := exec.Command("qemu-system-x86_64", args...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			if c, err := net.DialTimeout("tcp", "10.231.21.2:22", 500*time.Millisecond); err == nil {
+				c.Close()
+				ssh := exec.Command("ssh", "-i", key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+					"-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=2", "root@10.231.21.2", "true")
+				if ssh.Run() == nil {
+					break
+				}
+			}
+			if time.Since(start) > 3*time.Minute {
+				cmd.Process.Kill()
+				t.Fatal("baseline VM never became ready")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		samples = append(samples, ms(time.Since(start)))
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+	}
+	return summarize("bare qemu boot to ssh-ready (baseline)", samples)
+}
+
+func workDisks(t *testing.T, image string, runs int) (seed, scratch []float64) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "k.pub")
+	os.WriteFile(key, []byte("ssh-ed25519 AAAABENCH bench\n"), 0o644)
+	r := &runner.Exec{}
+	for i := 0; i < runs; i++ {
+		for _, fromSeed := range []bool{true, false} {
+			out := filepath.Join(dir, fmt.Sprintf("w%d-%v.ext4", i, fromSeed))
+			src := ""
+			if fromSeed {
+				src = filepath.Join(image, "work-seed.ext4")
+			}
+			start := time.Now()
+			if _, err := disk.WorkDisk(context.Background(), r, src, out, 4<<30, key); err != nil {
+				t.Fatal(err)
+			}
+			d := ms(time.Since(start))
+			if fromSeed {
+				seed = append(seed, d)
+			} else {
+				scratch = append(scratch, d)
+			}
+			os.Remove(out)
+		}
+	}
+	return seed, scratch
+}
+
+// listBench times `banger vm list` (the whole CLI process) with 200 VMs
+// recorded (stopped VMs, inserted straight into a fresh store).
+func listBench(t *testing.T, image string) series {
+	e := harness.NewEnv(t)
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(e.StateDir, "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 200; i++ {
+		vm := model.VM{ID: fmt.Sprintf("%016x", i+1), Name: fmt.Sprintf("vm%d", i), Image: "default", VMM: "qemu",
+			Spec:    model.VMSpec{VCPUs: 1, MemoryMiB: 512, DiskSizeBytes: 1 << 30},
+			Runtime: model.VMRuntime{State: model.StateStopped, GuestIP: fmt.Sprintf("10.99.%d.%d", i/200, i%200+2), VMDir: filepath.Join(e.StateDir, "vms", fmt.Sprintf("%016x", i+1))}}
+		if err := st.CreateVM(ctx, &vm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.Close()
+	e.MustBanger("daemon", "status") // start the daemon outside the timing
+	var samples []float64
+	for i := 0; i < 20; i++ {
+		r := e.MustBanger("vm", "list")
+		if strings.Count(r.Stdout, "\n") != 201 {
+			t.Fatalf("vm list printed %d lines", strings.Count(r.Stdout, "\n"))
+		}
+		samples = append(samples, ms(r.Took))
+	}
+	return summarize("banger vm list, 200 VMs (CLI process)", samples)
+}
+
+func mustPrefix(s string) netip.Prefix { p, _ := netip.ParsePrefix(s); return p }
+func mustAddr(s string) netip.Addr     { a, _ := netip.ParseAddr(s); return a }

@@ -1,0 +1,93 @@
+package harness
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/helperapi"
+	"github.com/banger-dev/banger/internal/testutil"
+)
+
+// ImageFiles are the files of a built image the cache keeps.
+var ImageFiles = []string{"rootfs.ext4", "work-seed.ext4", "vmlinuz", "initrd.img"}
+
+// ImageKey is the cache key of the default image as `banger image build`
+// makes it on this host (config defaults: bookworm, the host's mirror).
+func ImageKey(t testing.TB) string {
+	mirror, security, err := testutil.DebianMirror("bookworm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "e2e-" + testutil.GuestImageKey("bookworm", mirror, security, guest.BasePackages)
+}
+
+// EnsureImage returns a directory holding a built default image, building
+// it with `banger image build` on a cache miss. Building needs the Debian
+// mirror, so it must run in the host's network namespace: call it before
+// testutil.InNetNS.
+func EnsureImage(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(testutil.ImageCacheDir, ImageKey(t))
+	complete := true
+	for _, f := range ImageFiles {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			complete = false
+		}
+	}
+	if complete {
+		t.Logf("image cache hit: %s", dir)
+		return dir
+	}
+	if os.Getenv(testutil.EnvNetNS) != "" {
+		t.Fatalf("image cache %s missing inside the namespace; the parent test builds it", dir)
+	}
+	t.Logf("image cache miss: building %s with banger image build (about a minute)", dir)
+	e := NewEnv(t)
+	defer e.KillHelper()
+	r := e.Banger("image", "build", "--name", "default")
+	if r.Code != 0 {
+		t.Fatalf("image build: %s", r)
+	}
+	t.Logf("image build took %s", r.Took)
+	tmp := dir + ".tmp"
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range ImageFiles {
+		dst := filepath.Join(tmp, f)
+		if err := os.Rename(filepath.Join(e.StateDir, "images", "default", f), dst); err != nil {
+			t.Fatal(err)
+		}
+		// Unprivileged installs import it too.
+		if err := os.Chmod(dst, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.RemoveAll(dir)
+	if err := os.Rename(tmp, dir); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// KillHelper stops the helper a root bangerd of this install started (it
+// outlives bangerd, like the VMMs).
+func (e *Env) KillHelper() {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	v, err := helperapi.NewClient(e.HelperSock).Version(ctx)
+	if err != nil {
+		return
+	}
+	_ = syscall.Kill(v.PID, syscall.SIGTERM)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && Alive(v.PID) {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
