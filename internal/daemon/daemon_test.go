@@ -40,6 +40,8 @@ func (l *lockedBuffer) String() string {
 // is served by fakeHelper (when given).
 func newTestDaemon(t testing.TB, fakeHelper func(*rpc.Server)) (*Daemon, *lockedBuffer) {
 	t.Helper()
+	// Never let a root test daemon start a real helper.
+	t.Setenv("BANGER_HELPER", "/bin/false")
 	root, err := os.MkdirTemp("", "bgd-")
 	if err != nil {
 		t.Fatal(err)

@@ -5,10 +5,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
+	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/rpc"
+	"github.com/banger-dev/banger/internal/version"
 )
 
 func testVM(t *testing.T, d *Daemon, name string) model.VM {
@@ -151,4 +155,50 @@ func TestReconcileDemotesDeadAndKeepsLive(t *testing.T) {
 		t.Fatalf("live VM's handles not re-adopted: %+v", h)
 	}
 	_ = half
+}
+
+// TestReconcileTearsDownDeadVMKernelState: a VM recorded running whose VMM
+// is gone has what its scratch file names torn down through the helper, in
+// order: dm snapshot, COW loop, base loop, TAP.
+func TestReconcileTearsDownDeadVMKernelState(t *testing.T) {
+	var calls []string
+	d, _ := newTestDaemon(t, func(s *rpc.Server) {
+		rpc.Register(s, helperapi.MethodVersion, func(ctx context.Context, _ helperapi.VersionParams) (helperapi.VersionResult, error) {
+			return helperapi.VersionResult{Version: version.String()}, nil
+		})
+		rpc.Register(s, helperapi.MethodDMSnapshotRemove, func(ctx context.Context, p helperapi.DMSnapshotRemoveParams) (helperapi.DeleteResult, error) {
+			calls = append(calls, "dm.snapshot.remove "+p.Name)
+			return helperapi.DeleteResult{Deleted: true}, nil
+		})
+		rpc.Register(s, helperapi.MethodLoopDetach, func(ctx context.Context, p helperapi.LoopDetachParams) (helperapi.DeleteResult, error) {
+			calls = append(calls, "loop.detach "+p.Device)
+			return helperapi.DeleteResult{Deleted: true}, nil
+		})
+		rpc.Register(s, helperapi.MethodTapDelete, func(ctx context.Context, p helperapi.TapDeleteParams) (helperapi.DeleteResult, error) {
+			calls = append(calls, "tap.delete "+p.Name)
+			return helperapi.DeleteResult{Deleted: true}, nil
+		})
+	})
+	ctx := context.Background()
+	vm := testVM(t, d, "dmvm")
+	vm.Image, vm.Spec = "img", model.VMSpec{VCPUs: 1, MemoryMiB: 128, DiskSizeBytes: 1 << 30}
+	vm.Runtime.State, vm.Runtime.GuestIP = model.StateRunning, "10.0.0.9"
+	if err := d.store.CreateVM(ctx, &vm); err != nil {
+		t.Fatal(err)
+	}
+	d.setHandles(vm, &model.VMHandles{PID: 999999, TapDevice: "tap-dmvm", BaseLoop: "/dev/loop7", COWLoop: "/dev/loop8", DMName: "banger-dmvm", DMDev: "/dev/dm-3"})
+	d.handles = map[string]*model.VMHandles{} // a restarted daemon: only the file
+
+	d.reconcileVMs(ctx)
+	want := []string{"dm.snapshot.remove banger-dmvm", "loop.detach /dev/loop8", "loop.detach /dev/loop7", "tap.delete tap-dmvm"}
+	if strings.Join(calls, "|") != strings.Join(want, "|") {
+		t.Fatalf("teardown calls:\n got %v\nwant %v", calls, want)
+	}
+	got, _ := d.store.GetVM(ctx, vm.ID)
+	if got.Runtime.State != model.StateStopped {
+		t.Fatalf("state %s", got.Runtime.State)
+	}
+	if _, err := os.Stat(filepath.Join(vm.Runtime.VMDir, handlesFile)); !os.IsNotExist(err) {
+		t.Fatal("scratch file left after teardown")
+	}
 }

@@ -6,8 +6,12 @@ import (
 	"testing"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/testutil"
+	"github.com/banger-dev/banger/tests/harness"
 )
+
+func isELF(p string) bool { return image.IsELF(p) }
 
 // TestVMLifecycle is the main job: vm run prints the hostname; ssh works;
 // /root survives stop and start; delete removes row, dir, TAP and process.
@@ -18,6 +22,11 @@ func TestVMLifecycle(t *testing.T) {
 		return
 	}
 	e := newVMEnv(t, image)
+	var img api.ImageInfo
+	e.JSON(&img, "image", "show", "default")
+	if img.KernelVersion == "" || img.RootfsSHA256 == "" || !img.HasWorkSeed() || !isELF(img.VmlinuxPath) {
+		t.Fatalf("image metadata: %+v", img)
+	}
 
 	r := e.Banger("vm", "run", "--name", "t1", "--", "cat", "/etc/hostname")
 	if r.Code != 0 || r.Stdout != "t1\n" {
@@ -42,6 +51,19 @@ func TestVMLifecycle(t *testing.T) {
 	// /root is the work disk and survives stop and start.
 	e.MustBanger("vm", "ssh", "t1", "--", "sh", "-c", "findmnt -no SOURCE /root && echo kept > /root/marker && sync")
 	e.MustBanger("vm", "stop", "t1")
+	// The stop was graceful: the guest handled the ACPI power button.
+	var powered bool
+	for _, rec := range harness.LogLines(t, e.StateDir+"/bangerd.log") {
+		if rec["msg"] == "vm powered off" && rec["vm"] == "t1" {
+			powered = true
+		}
+	}
+	if !powered {
+		t.Fatal("vm stop was not a graceful power-off")
+	}
+	if r := e.MustBanger("vm", "logs", "t1"); !strings.Contains(r.Stdout, "t1 login:") {
+		t.Fatalf("console log lacks the login prompt:\n%s", r.Stdout)
+	}
 	e.JSON(&info, "vm", "show", "t1")
 	if info.Runtime.State != "stopped" || info.Alive {
 		t.Fatalf("after stop: %+v", info)
