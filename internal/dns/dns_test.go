@@ -48,16 +48,7 @@ func TestAnswersVMNamesAndForwards(t *testing.T) {
 	}
 	defer s.Close()
 
-	ask := func(name, network string) *dns.Msg {
-		c := &dns.Client{Net: network}
-		m := new(dns.Msg)
-		m.SetQuestion(name, dns.TypeA)
-		r, _, err := c.Exchange(m, addr)
-		if err != nil {
-			t.Fatalf("%s over %s: %v", name, network, err)
-		}
-		return r
-	}
+	ask := func(name, network string) *dns.Msg { return askAt(t, addr, name, network) }
 	for _, network := range []string{"udp", "tcp"} {
 		r := ask("web.banger.", network)
 		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "10.0.0.5" || !r.Authoritative {
@@ -77,8 +68,26 @@ func TestAnswersVMNamesAndForwards(t *testing.T) {
 		t.Fatalf("forwarded answer: %v", r)
 	}
 
-	s.Upstreams = nil
-	if r := ask("example.org.", "udp"); r.Rcode != dns.RcodeRefused {
+	// Without upstreams, names outside the domain are refused.
+	bare := &Server{Domain: "banger", Lookup: s.Lookup}
+	bareAddr := freeAddr(t)
+	if err := bare.Serve(ctx, bareAddr); err != nil {
+		t.Fatal(err)
+	}
+	defer bare.Close()
+	if r := askAt(t, bareAddr, "example.org.", "udp"); r.Rcode != dns.RcodeRefused {
 		t.Fatalf("no upstream: rcode %d", r.Rcode)
 	}
+}
+
+func askAt(t *testing.T, addr, name, network string) *dns.Msg {
+	t.Helper()
+	c := &dns.Client{Net: network}
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	r, _, err := c.Exchange(m, addr)
+	if err != nil {
+		t.Fatalf("%s over %s: %v", name, network, err)
+	}
+	return r
 }
