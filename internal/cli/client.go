@@ -142,3 +142,12 @@ func (a *app) waitGone(ctx context.Context, timeout time.Duration) error {
 	}
 	return fmt.Errorf("bangerd still answers on %s after %s: %w", a.layout.DaemonSocket(), timeout, rpc.ErrTimeout)
 }
+
+// call makes one call to bangerd, starting it when needed.
+func (a *app) call(ctx context.Context, method string, params, result any) error {
+	c, err := a.client(ctx)
+	if err != nil {
+		return err
+	}
+	return c.Call(ctx, method, params, result)
+}

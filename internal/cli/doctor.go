@@ -24,12 +24,8 @@ disk space, the tools image builds need, and images without a work-seed.
 Exits 0 when nothing failed (warnings allowed), 5 otherwise.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var rep api.DoctorReport
-			if err := c.Call(cmd.Context(), api.MethodDoctor, nil, &rep); err != nil {
+			if err := a.call(cmd.Context(), api.MethodDoctor, nil, &rep); err != nil {
 				return err
 			}
 			if a.output == "json" {

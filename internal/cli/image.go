@@ -132,12 +132,8 @@ from the rootfs's /root.`,
 					*s = abs
 				}
 			}
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var info api.ImageInfo
-			if err := c.Call(cmd.Context(), api.MethodImageImport, p, &info); err != nil {
+			if err := a.call(cmd.Context(), api.MethodImageImport, p, &info); err != nil {
 				return err
 			}
 			return a.showImage(info)
@@ -159,12 +155,8 @@ func (a *app) imageListCommand() *cobra.Command {
 		Short:   "List images",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var list []api.ImageInfo
-			if err := c.Call(cmd.Context(), api.MethodImageList, nil, &list); err != nil {
+			if err := a.call(cmd.Context(), api.MethodImageList, nil, &list); err != nil {
 				return err
 			}
 			if a.output == "json" {
@@ -189,12 +181,8 @@ func (a *app) imageShowCommand() *cobra.Command {
 		Short: "Show an image's files, kernel, checksums, build log and the VMs using it",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var info api.ImageInfo
-			if err := c.Call(cmd.Context(), api.MethodImageShow, api.ImageRef{Name: args[0]}, &info); err != nil {
+			if err := a.call(cmd.Context(), api.MethodImageShow, api.ImageRef{Name: args[0]}, &info); err != nil {
 				return err
 			}
 			return a.showImage(info)
@@ -245,12 +233,8 @@ func (a *app) imageDeleteCommand() *cobra.Command {
 		Short:   "Delete an image (refused while a VM uses it)",
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var info api.ImageInfo
-			if err := c.Call(cmd.Context(), api.MethodImageDelete, api.ImageRef{Name: args[0]}, &info); err != nil {
+			if err := a.call(cmd.Context(), api.MethodImageDelete, api.ImageRef{Name: args[0]}, &info); err != nil {
 				return err
 			}
 			if a.output == "json" {
@@ -268,12 +252,8 @@ func (a *app) imageRebuildSeedCommand() *cobra.Command {
 		Short: "Make or refresh an image's work-seed from its rootfs's /root",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var info api.ImageInfo
-			if err := c.Call(cmd.Context(), api.MethodImageRebuildSeed, api.ImageRef{Name: args[0]}, &info); err != nil {
+			if err := a.call(cmd.Context(), api.MethodImageRebuildSeed, api.ImageRef{Name: args[0]}, &info); err != nil {
 				return err
 			}
 			return a.showImage(info)

@@ -30,12 +30,8 @@ commands do it explicitly.`,
 		Short: "Create the bridge and NAT if missing (idempotent)",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var st api.NetworkStatus
-			if err := c.Call(cmd.Context(), api.MethodNetworkUp, nil, &st); err != nil {
+			if err := a.call(cmd.Context(), api.MethodNetworkUp, nil, &st); err != nil {
 				return err
 			}
 			return show(st, "up")
@@ -45,12 +41,8 @@ commands do it explicitly.`,
 		Short: "Remove NAT and the bridge (refused while VMs run)",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var st api.NetworkStatus
-			if err := c.Call(cmd.Context(), api.MethodNetworkDown, nil, &st); err != nil {
+			if err := a.call(cmd.Context(), api.MethodNetworkDown, nil, &st); err != nil {
 				return err
 			}
 			return show(st, "removed")

@@ -190,12 +190,8 @@ record, and addresses on the bridge other than its gateway. Exits 1 when it
 finds any (scripts/verify.sh runs it after the test suite).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var rep api.VerifyReport
-			if err := c.Call(cmd.Context(), api.MethodVerify, nil, &rep); err != nil {
+			if err := a.call(cmd.Context(), api.MethodVerify, nil, &rep); err != nil {
 				return err
 			}
 			if a.output == "json" {

@@ -254,12 +254,8 @@ func (a *app) vmListCommand() *cobra.Command {
 		Short:   "List VMs",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var list []api.VMInfo
-			if err := c.Call(cmd.Context(), api.MethodVMList, nil, &list); err != nil {
+			if err := a.call(cmd.Context(), api.MethodVMList, nil, &list); err != nil {
 				return err
 			}
 			if a.output == "json" {
@@ -281,12 +277,8 @@ func (a *app) vmShowCommand() *cobra.Command {
 		Short: "Show a VM: spec, address, disks, log paths and the stages of its last boot",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var info api.VMInfo
-			if err := c.Call(cmd.Context(), api.MethodVMShow, api.VMRef{Name: args[0]}, &info); err != nil {
+			if err := a.call(cmd.Context(), api.MethodVMShow, api.VMRef{Name: args[0]}, &info); err != nil {
 				return err
 			}
 			return a.showVM(info)
@@ -344,12 +336,8 @@ func (a *app) vmSimple(use, short, method string, force bool, done string) *cobr
 		Short: short,
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var info api.VMInfo
-			if err := c.Call(cmd.Context(), method, api.VMRef{Name: args[0], Force: f}, &info); err != nil {
+			if err := a.call(cmd.Context(), method, api.VMRef{Name: args[0], Force: f}, &info); err != nil {
 				return err
 			}
 			if a.output == "json" {
@@ -443,12 +431,8 @@ func (a *app) vmLogsCommand() *cobra.Command {
 		Short: "Show a VM's serial console (or, with --vmm, the VMM's own output)",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
 			var info api.VMInfo
-			if err := c.Call(cmd.Context(), api.MethodVMShow, api.VMRef{Name: args[0]}, &info); err != nil {
+			if err := a.call(cmd.Context(), api.MethodVMShow, api.VMRef{Name: args[0]}, &info); err != nil {
 				return err
 			}
 			path := info.Runtime.ConsolePath

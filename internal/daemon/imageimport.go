@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/disk"
 	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/rpc"
@@ -76,18 +76,18 @@ func (d *Daemon) imageImport(ctx context.Context, p api.ImageImportParams) (api.
 	}
 
 	img.RootfsPath = filepath.Join(dir, fileRootfs)
-	if err := copySparse(rootfs, img.RootfsPath); err != nil {
+	if err := disk.CopySparse(rootfs, img.RootfsPath); err != nil {
 		return fail(err)
 	}
 	if image.IsELF(kernel) {
 		img.VmlinuxPath = filepath.Join(dir, fileVmlinux)
 		img.KernelPath = img.VmlinuxPath
-		if err := copySparse(kernel, img.VmlinuxPath); err != nil {
+		if err := disk.CopySparse(kernel, img.VmlinuxPath); err != nil {
 			return fail(err)
 		}
 	} else {
 		img.KernelPath = filepath.Join(dir, fileVmlinuz)
-		if err := copySparse(kernel, img.KernelPath); err != nil {
+		if err := disk.CopySparse(kernel, img.KernelPath); err != nil {
 			return fail(err)
 		}
 		img.VmlinuxPath = filepath.Join(dir, fileVmlinux)
@@ -98,13 +98,13 @@ func (d *Daemon) imageImport(ctx context.Context, p api.ImageImportParams) (api.
 	}
 	if initrd != "" {
 		img.InitrdPath = filepath.Join(dir, fileInitrd)
-		if err := copySparse(initrd, img.InitrdPath); err != nil {
+		if err := disk.CopySparse(initrd, img.InitrdPath); err != nil {
 			return fail(err)
 		}
 	}
 	if seed != "" {
 		img.WorkSeedPath = filepath.Join(dir, fileWorkSeed)
-		if err := copySparse(seed, img.WorkSeedPath); err != nil {
+		if err := disk.CopySparse(seed, img.WorkSeedPath); err != nil {
 			return fail(err)
 		}
 	} else if err := d.makeWorkSeed(ctx, &img); err != nil {
@@ -131,55 +131,3 @@ func (d *Daemon) imageImport(ctx context.Context, p api.ImageImportParams) (api.
 	return d.imageInfo(ctx, img)
 }
 
-// copySparse copies src to a new file dst, skipping all-zero blocks so
-// sparse disk images stay sparse.
-func copySparse(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	buf := make([]byte, 1<<20)
-	var off int64
-	for {
-		n, rerr := io.ReadFull(in, buf)
-		if n > 0 {
-			if !allZero(buf[:n]) {
-				if _, err := out.WriteAt(buf[:n], off); err != nil {
-					out.Close()
-					return err
-				}
-			}
-			off += int64(n)
-		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		}
-		if rerr != nil {
-			out.Close()
-			return rerr
-		}
-	}
-	if err := out.Truncate(st.Size()); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
-}
-
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
