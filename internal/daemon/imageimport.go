@@ -130,4 +130,3 @@ func (d *Daemon) imageImport(ctx context.Context, p api.ImageImportParams) (api.
 	d.log.InfoContext(ctx, "image imported", "image", p.Name, "rootfs", rootfs, "kernel", kernel)
 	return d.imageInfo(ctx, img)
 }
-
