@@ -96,6 +96,7 @@ func (d *Daemon) imageImport(ctx context.Context, p api.ImageImportParams) (api.
 			img.VmlinuxPath = ""
 		}
 	}
+	img.KernelVersion = image.KernelVersion(img.KernelPath)
 	if initrd != "" {
 		img.InitrdPath = filepath.Join(dir, fileInitrd)
 		if err := disk.CopySparse(initrd, img.InitrdPath); err != nil {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/pierrec/lz4/v4"
 )
@@ -151,4 +152,32 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return nil
+}
+
+// KernelVersion reads the release of a kernel file: from the bzImage
+// header's kernel_version string, or from the "Linux version" banner of an
+// ELF vmlinux. "" when neither is found.
+func KernelVersion(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	if len(data) > 0x210 && string(data[0x202:0x206]) == "HdrS" {
+		off := int(binary.LittleEndian.Uint16(data[0x20e:])) + 0x200
+		if off > 0x200 && off < len(data) {
+			end := bytes.IndexByte(data[off:], 0)
+			if end > 0 {
+				if f := strings.Fields(string(data[off : off+end])); len(f) > 0 {
+					return f[0]
+				}
+			}
+		}
+	}
+	if i := bytes.Index(data, []byte("Linux version ")); i >= 0 {
+		rest := data[i+len("Linux version "):]
+		if f := strings.Fields(string(rest[:min(len(rest), 128)])); len(f) > 0 {
+			return f[0]
+		}
+	}
+	return ""
 }

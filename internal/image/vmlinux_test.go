@@ -103,4 +103,20 @@ func TestExtractRealKernel(t *testing.T) {
 	if !IsELF(out) {
 		t.Fatal("not ELF")
 	}
+	v1, v2 := KernelVersion(k), KernelVersion(out)
+	if v1 == "" || v1 != v2 {
+		t.Fatalf("kernel version from bzImage %q, from vmlinux %q", v1, v2)
+	}
+}
+
+func TestKernelVersionFromHeader(t *testing.T) {
+	img := bzImage([]byte{0x1f, 0x8b}, 10)
+	// kernel_version points (after +0x200) at a string in the setup code.
+	binary.LittleEndian.PutUint16(img[0x20e:], 0x300)
+	copy(img[0x500:], "6.1.0-50-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP\x00")
+	p := filepath.Join(t.TempDir(), "vmlinuz")
+	os.WriteFile(p, img, 0o644)
+	if v := KernelVersion(p); v != "6.1.0-50-cloud-amd64" {
+		t.Fatalf("version %q", v)
+	}
 }
