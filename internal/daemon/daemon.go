@@ -49,6 +49,8 @@ type Daemon struct {
 	allocMu   sync.Mutex // IP and CID allocation
 	keyMu     sync.Mutex
 	pool      tapPool
+	netMu     sync.Mutex
+	netReady  bool // this daemon set the network up (bridge, NAT, DNS)
 	handlesMu sync.Mutex
 	handles   map[string]*model.VMHandles
 	vmLocks   map[string]*vmLock

@@ -3,7 +3,10 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/helperapi"
@@ -18,10 +21,40 @@ func (d *Daemon) gatewayCIDR() string {
 	return netip.PrefixFrom(p.Addr().Next(), p.Bits()).String()
 }
 
+// bridgeReady reports, without the helper, whether the bridge exists, is up
+// and carries the gateway address: then a VM start needs no network setup.
+func (d *Daemon) bridgeReady() bool {
+	l, err := netlink.LinkByName(d.cfg.Network.Bridge)
+	if err != nil || l.Attrs().Flags&net.FlagUp == 0 {
+		return false
+	}
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if a.IPNet.String() == d.gatewayCIDR() {
+			return true
+		}
+	}
+	return false
+}
+
 // ensureNetwork makes the bridge and, when configured, the NAT table exist.
-// Each helper call is idempotent, so this runs before every VM start.
+// Each helper call is idempotent; once this daemon has set the network up
+// and the bridge is still as it left it, a VM start skips the helper calls.
 func (d *Daemon) ensureNetwork(ctx context.Context) (api.NetworkStatus, error) {
 	st := d.networkConfig()
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	if d.netReady && d.bridgeReady() {
+		st.BridgeUp = true
+		if d.cfg.Network.NAT {
+			st.NATTable = "ip " + st.Bridge
+		}
+		return st, nil
+	}
+	d.netReady = false
 	h, err := d.helperClient(ctx)
 	if err != nil {
 		return st, fmt.Errorf("setting up bridge %s: %w", st.Bridge, err)
@@ -42,6 +75,7 @@ func (d *Daemon) ensureNetwork(ctx context.Context) (api.NetworkStatus, error) {
 	}
 	d.ensureDNS(ctx)
 	d.refillPool(ctx, st.Bridge)
+	d.netReady = true
 	return st, nil
 }
 
@@ -79,6 +113,9 @@ func (d *Daemon) networkDown(ctx context.Context, _ noParams) (api.NetworkStatus
 	if err != nil {
 		return st, err
 	}
+	d.netMu.Lock()
+	d.netReady = false
+	d.netMu.Unlock()
 	d.dnsMu.Lock()
 	if d.dnsServer != nil {
 		d.dnsServer.Close()

@@ -257,7 +257,7 @@ func (d *Daemon) provisionAndBoot(ctx context.Context, o *operation, vm model.VM
 		if !img.HasWorkSeed() {
 			d.log.WarnContext(ctx, "image has no work-seed: building the work disk from scratch (slow path)", "vm", vm.Name, "image", img.Name)
 		}
-		fromSeed, err := disk.WorkDisk(ctx, r, img.WorkSeedPath, vm.Runtime.WorkDiskPath, vm.Spec.DiskSizeBytes, d.layout.SSHKey()+".pub")
+		fromSeed, err := disk.WorkDisk(ctx, r, img.WorkSeedPath, img.RootfsPath, vm.Runtime.WorkDiskPath, vm.Spec.DiskSizeBytes, d.layout.SSHKey()+".pub")
 		if err != nil {
 			return "", err
 		}
@@ -317,17 +317,19 @@ func (d *Daemon) bootVM(ctx context.Context, o *operation, vm model.VM, img mode
 		if err != nil {
 			return "", err
 		}
+		tapStart := time.Now()
 		tap, pooled, err := d.takeTap(ctx, vm, net.Bridge)
 		if err != nil {
 			return "", err
 		}
+		tapTook := time.Since(tapStart)
 		h.TapDevice = tap
 		d.setHandles(vm, h)
 		from := "new"
 		if pooled {
 			from = "from the pool"
 		}
-		return fmt.Sprintf("%s (%s) on %s, %s", tap, from, net.Bridge, vm.Runtime.GuestIP), nil
+		return fmt.Sprintf("%s (%s, %.2f ms) on %s, %s", tap, from, float64(tapTook.Microseconds())/1000, net.Bridge, vm.Runtime.GuestIP), nil
 	}); err != nil {
 		return vm, err
 	}

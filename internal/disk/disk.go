@@ -10,8 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -138,12 +138,16 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// WorkDisk makes the VM's work disk at out: a clone of seed (reflink when
-// the file system can, else a sparse copy) grown to size with e2fsck and
-// resize2fs, or, without a seed, a fresh ext4 of that size. Then the
-// public key is written to /root/.ssh/authorized_keys (the disk's
-// /.ssh/authorized_keys), owned by root, mode 0600.
-func WorkDisk(ctx context.Context, r runner.Runner, seed, out string, size int64, pubKeyFile string) (fromSeed bool, err error) {
+// WorkDisk makes the VM's work disk at out, size bytes, with the public
+// key in /root/.ssh/authorized_keys (the disk's /.ssh/authorized_keys).
+//
+// With a seed (the image's /root as a small ext4) it is a clone of the seed
+// (reflink when the file system can, else a sparse copy) grown with
+// resize2fs. The seed is checked when the image is made and the clone is
+// byte for byte the same, so resize2fs -f needs no e2fsck first. Without a
+// seed it is the slow way: /root is copied out of the image's rootfs and a
+// new ext4 of the full size is made from it.
+func WorkDisk(ctx context.Context, r runner.Runner, seed, rootfs, out string, size int64, pubKeyFile string) (fromSeed bool, err error) {
 	if seed != "" {
 		if err := Reflink(seed, out); err != nil {
 			if !errors.Is(err, ErrUnsupported) {
@@ -161,22 +165,80 @@ func WorkDisk(ctx context.Context, r runner.Runner, seed, out string, size int64
 			if err := os.Truncate(out, size); err != nil {
 				return true, err
 			}
-			// resize2fs wants a freshly checked file system.
-			if _, err := r.Run(ctx, "e2fsck", "-f", "-y", out); err != nil && !fsckFixed(err) {
-				return true, fmt.Errorf("checking work disk: %w", err)
-			}
 			if _, err := r.Run(ctx, "resize2fs", "-f", out); err != nil {
 				return true, fmt.Errorf("growing work disk: %w", err)
 			}
 		}
 		fromSeed = true
 	} else {
-		if _, err := r.Run(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-L", "banger-work", "-m", "0",
-			"-E", "root_owner=0:0", out, strconv.FormatInt(size/1024, 10)+"k"); err != nil {
-			return false, fmt.Errorf("making work disk: %w", err)
+		scratch, err := os.MkdirTemp(filepath.Dir(out), ".root-")
+		if err != nil {
+			return false, err
+		}
+		defer os.RemoveAll(scratch)
+		if err := Ext4FromRoot(ctx, r, rootfs, out, strconv.FormatInt(size/1024, 10)+"k", scratch); err != nil {
+			return false, err
 		}
 	}
 	return fromSeed, InstallAuthorizedKey(ctx, r, out, pubKeyFile)
+}
+
+// Ext4FromRoot makes out, an ext4 of size (mke2fs's syntax: "16M",
+// "4194304k") holding the /root directory of the ext4 image rootfs, without
+// mounting anything and without root: debugfs copies /root out, mke2fs -d
+// builds the file system from it, and debugfs then gives every inode to
+// root and /root (the new file system's top) mode 0700. scratch is a
+// private directory for the copy.
+func Ext4FromRoot(ctx context.Context, r runner.Runner, rootfs, out, size, scratch string) error {
+	if strings.ContainsAny(scratch, " \t\n\"'\\") {
+		return fmt.Errorf("scratch directory %q: debugfs commands cannot quote it", scratch)
+	}
+	if _, err := r.Run(ctx, "debugfs", "-R", "rdump /root "+scratch, rootfs); err != nil {
+		return fmt.Errorf("copying /root out of %s: %w", rootfs, err)
+	}
+	tree := filepath.Join(scratch, "root")
+	if st, err := os.Stat(tree); err != nil || !st.IsDir() {
+		return fmt.Errorf("%s has no /root directory", rootfs)
+	}
+	if _, err := r.Run(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-L", "banger-work", "-m", "0",
+		"-E", "root_owner=0:0", "-d", tree, out, size); err != nil {
+		return fmt.Errorf("making %s: %w", out, err)
+	}
+	cmds, err := chownCommands(tree)
+	if err != nil {
+		return err
+	}
+	cmds = append(cmds, "sif / mode 040700")
+	cmdFile := filepath.Join(scratch, "chown.debugfs")
+	if err := os.WriteFile(cmdFile, []byte(strings.Join(cmds, "\n")+"\n"), 0o600); err != nil {
+		return err
+	}
+	if _, err := r.Run(ctx, "debugfs", "-w", "-f", cmdFile, out); err != nil {
+		return fmt.Errorf("setting owners in %s: %w", out, err)
+	}
+	return nil
+}
+
+// chownCommands lists the debugfs commands that make every entry under tree
+// owned by root. Names debugfs cannot take unquoted are refused.
+func chownCommands(tree string) ([]string, error) {
+	var cmds []string
+	err := filepath.WalkDir(tree, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(tree, p)
+		if rel == "." {
+			return nil
+		}
+		if strings.ContainsAny(rel, " \t\n\"'\\") {
+			return fmt.Errorf("cannot set the owner of %q (whitespace or quotes in the name)", rel)
+		}
+		rel = "/" + filepath.ToSlash(rel)
+		cmds = append(cmds, "sif "+rel+" uid 0", "sif "+rel+" gid 0")
+		return nil
+	})
+	return cmds, err
 }
 
 // InstallAuthorizedKey writes pubKeyFile as /.ssh/authorized_keys of the
@@ -220,9 +282,3 @@ func InstallAuthorizedKey(ctx context.Context, r runner.Runner, disk, pubKeyFile
 	return nil
 }
 
-// fsckFixed reports whether e2fsck's failure is exit status 1: errors were
-// found and corrected, which is success for a copy being prepared.
-func fsckFixed(err error) bool {
-	var ee *exec.ExitError
-	return errors.As(err, &ee) && ee.ExitCode() == 1
-}

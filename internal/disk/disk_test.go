@@ -37,7 +37,7 @@ func TestWorkDiskFromSeedReal(t *testing.T) {
 	key := filepath.Join(dir, "id.pub")
 	os.WriteFile(key, []byte("ssh-ed25519 AAAATEST banger\n"), 0o644)
 	out := filepath.Join(dir, "work.ext4")
-	fromSeed, err := WorkDisk(ctx, r, seed, out, 256<<20, key)
+	fromSeed, err := WorkDisk(ctx, r, seed, "", out, 256<<20, key)
 	if err != nil || !fromSeed {
 		t.Fatalf("WorkDisk: %v (fromSeed %v)", err, fromSeed)
 	}
@@ -63,21 +63,40 @@ func TestWorkDiskFromSeedReal(t *testing.T) {
 	}
 }
 
-func TestWorkDiskWithoutSeedArgv(t *testing.T) {
+// TestWorkDiskWithoutSeedReal: the slow way copies the image's /root into
+// a new file system of the full size, owned by root, with the key.
+func TestWorkDiskWithoutSeedReal(t *testing.T) {
+	needTools(t, "mke2fs", "debugfs")
 	dir := t.TempDir()
+	tree := filepath.Join(dir, "tree")
+	os.MkdirAll(filepath.Join(tree, "root"), 0o700)
+	os.MkdirAll(filepath.Join(tree, "etc"), 0o755)
+	os.WriteFile(filepath.Join(tree, "root", ".bashrc"), []byte("PS1=x\n"), 0o644)
+	r := &runner.Exec{}
+	ctx := context.Background()
+	rootfs := filepath.Join(dir, "rootfs.ext4")
+	if _, err := r.Run(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-d", tree, rootfs, "32M"); err != nil {
+		t.Fatal(err)
+	}
 	key := filepath.Join(dir, "id.pub")
-	os.WriteFile(key, []byte("ssh-ed25519 K\n"), 0o644)
+	os.WriteFile(key, []byte("ssh-ed25519 K banger\n"), 0o644)
 	out := filepath.Join(dir, "work.ext4")
-	f := &runner.Fake{}
-	f.Expect("mke2fs", "-q", "-F", "-t", "ext4", "-L", "banger-work", "-m", "0", "-E", "root_owner=0:0", out, "1048576k")
-	f.Expect("debugfs", "-w", "-f", out+".debugfs", out)
-	f.Expect("debugfs", "-R", "cat /.ssh/authorized_keys", out).Returns("ssh-ed25519 K\n")
-	fromSeed, err := WorkDisk(context.Background(), f, "", out, 1<<30, key)
+	fromSeed, err := WorkDisk(ctx, r, "", rootfs, out, 128<<20, key)
 	if err != nil || fromSeed {
 		t.Fatalf("%v %v", err, fromSeed)
 	}
-	if u := f.Unmet(); len(u) > 0 {
-		t.Fatal(u)
+	if st, _ := os.Stat(out); st.Size() != 128<<20 {
+		t.Fatalf("size %d", st.Size())
+	}
+	for path, want := range map[string]string{"/.bashrc": "PS1=x\n", "/.ssh/authorized_keys": "ssh-ed25519 K banger\n"} {
+		got, err := r.Run(ctx, "debugfs", "-R", "cat "+path, out)
+		if err != nil || string(got) != want {
+			t.Fatalf("%s: %q %v", path, got, err)
+		}
+	}
+	st, _ := r.Run(ctx, "debugfs", "-R", "stat /", out)
+	if !strings.Contains(string(st), "Mode:  0700") || !strings.Contains(string(st), "User:     0") {
+		t.Fatalf("top directory (the guest's /root) mode/owner:\n%s", st)
 	}
 }
 

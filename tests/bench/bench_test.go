@@ -233,7 +233,7 @@ func baseline(t *testing.T, image string, runs int) series {
 			t.Fatal(err)
 		}
 		work := filepath.Join(run, "work.ext4")
-		if _, err := disk.WorkDisk(ctx, r, filepath.Join(image, "work-seed.ext4"), work, 1<<30, key+".pub"); err != nil {
+		if _, err := disk.WorkDisk(ctx, r, filepath.Join(image, "work-seed.ext4"), "", work, 1<<30, key+".pub"); err != nil {
 			t.Fatal(err)
 		}
 		cmdline, _ := guest.KernelCmdline(guest.Settings{IP: mustPrefix("10.231.21.2/24"), Gateway: mustAddr("10.231.21.1"), Hostname: "base", TSCKHz: khz})
@@ -286,7 +286,7 @@ func workDisks(t *testing.T, image string, runs int) (seed, scratch []float64) {
 				src = filepath.Join(image, "work-seed.ext4")
 			}
 			start := time.Now()
-			if _, err := disk.WorkDisk(context.Background(), r, src, out, 4<<30, key); err != nil {
+			if _, err := disk.WorkDisk(context.Background(), r, src, filepath.Join(image, "rootfs.ext4"), out, 4<<30, key); err != nil {
 				t.Fatal(err)
 			}
 			d := ms(time.Since(start))
