@@ -281,4 +281,3 @@ func InstallAuthorizedKey(ctx context.Context, r runner.Runner, disk, pubKeyFile
 	}
 	return nil
 }
-
