@@ -106,25 +106,41 @@ func CopySparse(src, dst string) error {
 	return out.Close()
 }
 
+// copySparse copies the data extents of in (SEEK_DATA/SEEK_HOLE), so the
+// holes of a sparse image are neither read nor written; within an extent,
+// all-zero blocks are skipped too. File systems without SEEK_DATA report the
+// whole file as one extent.
 func copySparse(in *os.File, out *os.File, size int64) error {
-	buf := make([]byte, 64<<10)
+	buf := make([]byte, 1<<20)
 	var off int64
-	for {
-		n, rerr := io.ReadFull(in, buf)
-		if n > 0 {
-			if !allZero(buf[:n]) {
-				if _, err := out.WriteAt(buf[:n], off); err != nil {
+	for off < size {
+		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if err != nil {
+			if errors.Is(err, unix.ENXIO) { // only a hole is left
+				break
+			}
+			data = off // no SEEK_DATA: copy everything
+		}
+		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			hole = size
+		}
+		for pos := data; pos < hole; {
+			n, rerr := in.ReadAt(buf[:min(int64(len(buf)), hole-pos)], pos)
+			if n > 0 && !allZero(buf[:n]) {
+				if _, err := out.WriteAt(buf[:n], pos); err != nil {
 					return err
 				}
 			}
-			off += int64(n)
+			pos += int64(n)
+			if rerr == io.EOF {
+				break
+			}
+			if rerr != nil {
+				return rerr
+			}
 		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		}
-		if rerr != nil {
-			return rerr
-		}
+		off = hole
 	}
 	return out.Truncate(size)
 }
