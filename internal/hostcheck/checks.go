@@ -2,12 +2,14 @@ package hostcheck
 
 import (
 	"bufio"
+	"compress/gzip"
 	"context"
 	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -89,8 +91,8 @@ func miscHas(name string) bool {
 	return false
 }
 
-// NFTablesAvailable reports whether the kernel has nf_tables, loaded or
-// built in.
+// NFTablesAvailable reports whether the kernel has nf_tables: loaded as a
+// module, built in (modules.builtin, /proc/config.gz), or loadable.
 func NFTablesAvailable() (bool, string) {
 	if _, err := os.Stat("/sys/module/nf_tables"); err == nil {
 		return true, "nf_tables is loaded"
@@ -98,7 +100,40 @@ func NFTablesAvailable() (bool, string) {
 	if b, err := os.ReadFile("/proc/modules"); err == nil && strings.Contains(string(b), "nf_tables ") {
 		return true, "nf_tables is loaded"
 	}
-	return false, "nf_tables is not loaded (the helper loads it on first use if it is a module)"
+	var uts unix.Utsname
+	_ = unix.Uname(&uts)
+	release := unix.ByteSliceToString(uts.Release[:])
+	if b, err := os.ReadFile("/lib/modules/" + release + "/modules.builtin"); err == nil && strings.Contains(string(b), "/nf_tables.ko") {
+		return true, "nf_tables is built into the kernel"
+	}
+	if kernelConfigHas("/proc/config.gz", "CONFIG_NF_TABLES=y") {
+		return true, "nf_tables is built into the kernel"
+	}
+	if matches, _ := filepath.Glob("/lib/modules/" + release + "/kernel/net/netfilter/nf_tables.ko*"); len(matches) > 0 {
+		return true, "nf_tables is a module; the helper's first NAT setup loads it"
+	}
+	return false, "no nf_tables in this kernel (not loaded, not built in, no module found)"
+}
+
+// kernelConfigHas looks for a line in a gzipped kernel config such as
+// /proc/config.gz.
+func kernelConfigHas(path, line string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		return false
+	}
+	sc := bufio.NewScanner(zr)
+	for sc.Scan() {
+		if sc.Text() == line {
+			return true
+		}
+	}
+	return false
 }
 
 // FreeBytes is the space available to unprivileged users under path.

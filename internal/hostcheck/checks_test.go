@@ -1,7 +1,10 @@
 package hostcheck
 
 import (
+	"compress/gzip"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -40,5 +43,20 @@ func TestLeHexIP(t *testing.T) {
 	a, err := leHexIP("0100A8C0") // 192.168.0.1 little-endian
 	if err != nil || a != netip.MustParseAddr("192.168.0.1") {
 		t.Fatalf("got %v %v", a, err)
+	}
+}
+
+func TestKernelConfigHas(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "config.gz")
+	f, _ := os.Create(p)
+	zw := gzip.NewWriter(f)
+	zw.Write([]byte("# comment\nCONFIG_NF_TABLES=y\nCONFIG_NF_TABLES_INET=m\n"))
+	zw.Close()
+	f.Close()
+	if !kernelConfigHas(p, "CONFIG_NF_TABLES=y") {
+		t.Fatal("missed a line that is there")
+	}
+	if kernelConfigHas(p, "CONFIG_NF_TABLES_INET=y") || kernelConfigHas(filepath.Join(t.TempDir(), "none.gz"), "CONFIG_NF_TABLES=y") {
+		t.Fatal("found a line that is not there")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -61,7 +62,7 @@ func ProbeKVMBoot(ctx context.Context, qemu, kernel string, timeout time.Duratio
 				r.Usable, r.Detail = true, "a guest kernel booted under qemu with KVM"
 				return r
 			}
-			msg := bytes.TrimSpace(stderr.Bytes())
+			msg := strings.Join(strings.Fields(strings.ReplaceAll(string(bytes.TrimSpace(stderr.Bytes())), "\n", "; ")), " ")
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				r.Detail = fmt.Sprintf("a guest kernel did not start under KVM within %s (it stopped after the real-mode setup code); this KVM cannot run ordinary guests", timeout)
 			} else {
