@@ -7,6 +7,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -108,6 +109,25 @@ func (a *app) systemInstall(cmd *cobra.Command, o installOptions) error {
 		return rpc.WithHint(fmt.Errorf("installing the helper binary: %w", err), "build it first (make build) or pass --helper-binary")
 	}
 	a.printf("installed %s\n", unit.BinaryPath)
+	// The unit makes the state directories writable for the helper only if
+	// they exist when it starts: create each user's, owned by that user.
+	for _, name := range o.users {
+		u, err := user.Lookup(name)
+		if err != nil || u.Uid == "0" {
+			continue
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		dir := filepath.Join(u.HomeDir, ".local", "state", "banger")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("creating %s: %w", dir, err)
+		}
+		for d := dir; d != u.HomeDir && strings.HasPrefix(d, u.HomeDir); d = filepath.Dir(d) {
+			if err := os.Lchown(d, uid, gid); err != nil {
+				return fmt.Errorf("chown %s: %w", d, err)
+			}
+		}
+	}
 	if err := os.WriteFile(unitPath, []byte(text), 0o644); err != nil {
 		return fmt.Errorf("writing %s: %w", unitPath, err)
 	}
