@@ -155,6 +155,9 @@ type ImageBuildParams struct {
 	Mirror        string   `json:"mirror,omitempty"`
 	ExtraPackages []string `json:"extra_packages,omitempty"`
 	RootfsSize    int64    `json:"rootfs_size,omitempty"`
+	// Variant is "lean" (default) or "stock" (Debian's units and initrd as
+	// they are: the reference the default image is measured against).
+	Variant string `json:"variant,omitempty"`
 }
 
 // ImageRef names an image.

@@ -94,6 +94,7 @@ apt uses.`,
 	f.StringVar(&p.Mirror, "mirror", "", "Debian mirror URL (default: config, else this host's apt mirror)")
 	f.StringArrayVar(&p.ExtraPackages, "package", nil, "extra Debian package to install (repeatable)")
 	f.StringVar(&size, "size", "", "rootfs size, e.g. 2G (default: image.rootfs_size in config)")
+	f.StringVar(&p.Variant, "variant", "", "lean (default: udev and idle units masked, a small initrd) or stock (Debian's defaults, for comparison)")
 	f.BoolVar(&detach, "detach", false, "print the operation id and return; follow with banger daemon logs --op ID --follow")
 	return cmd
 }

@@ -61,6 +61,9 @@ func (d *Daemon) startImageBuild(ctx context.Context, p api.ImageBuildParams) (*
 	if p.Suite == "" {
 		p.Suite = d.cfg.Image.Suite
 	}
+	if !guest.ValidVariant(p.Variant) {
+		return nil, rpc.Errorf(rpc.ErrBadRequest, "variant %q: want lean or stock", p.Variant)
+	}
 	if p.RootfsSize == 0 {
 		p.RootfsSize = int64(d.cfg.Image.RootfsSize)
 	}
@@ -183,10 +186,14 @@ func (d *Daemon) runImageBuild(ctx context.Context, o *operation, p api.ImageBui
 	}
 	if err := o.stage(ctx, d.log, "configure", func() (string, error) {
 		r, err := h.ImageConfigure(ctx, helperapi.ImageConfigureParams{
-			BuildID: buildID, Suite: p.Suite, Mirror: p.Mirror, SecurityMirror: security, LogPath: logPath,
+			BuildID: buildID, Suite: p.Suite, Mirror: p.Mirror, SecurityMirror: security, Variant: p.Variant, LogPath: logPath,
 		})
 		kernelVersion = r.KernelVersion
-		return "kernel " + r.KernelVersion, err
+		variant := p.Variant
+		if variant == "" {
+			variant = guest.VariantLean
+		}
+		return "kernel " + r.KernelVersion + ", " + variant + " variant", err
 	}); err != nil {
 		return img, err
 	}

@@ -210,6 +210,49 @@ func Files() []File {
 	return files
 }
 
+// Image variants.
+const (
+	// VariantLean is the default image: udev and the units a disposable VM
+	// does not need are masked, the work disk is mounted by banger-init,
+	// and the mini initrd boots it.
+	VariantLean = "lean"
+	// VariantStock is the same Debian minbase system with systemd and sshd
+	// as Debian configures them (udev, gettys, timers, fsck at boot, the
+	// initramfs-tools initrd), plus only banger-init (the guest contract)
+	// and the power button: the reference the lean image is measured
+	// against.
+	VariantStock = "stock"
+)
+
+// ValidVariant reports whether v names an image variant ("" is lean).
+func ValidVariant(v string) bool { return v == "" || v == VariantLean || v == VariantStock }
+
+// FilesFor returns the entries of the image variant v: Files() for lean;
+// for stock, the same without the masks, the console and journal drop-ins,
+// and with an fstab that mounts and checks both disks at boot.
+func FilesFor(v string) []File {
+	if v != VariantStock {
+		return Files()
+	}
+	skip := map[string]bool{
+		"/etc/fstab": true,
+		unitDir + "/banger-console.service":                         true,
+		unitDir + "/multi-user.target.wants/banger-console.service": true,
+		"/etc/systemd/journald.conf.d":                              true,
+		"/etc/systemd/journald.conf.d/banger.conf":                  true,
+	}
+	for _, u := range MaskedUnits {
+		skip[unitDir+"/"+u] = true
+	}
+	var out []File
+	for _, f := range Files() {
+		if !skip[f.Path] {
+			out = append(out, f)
+		}
+	}
+	return append(out, File{Path: "/etc/fstab", Mode: 0o644, Content: mustRead("fstab-stock")})
+}
+
 // Embedded returns the embedded source files by name (for tests and
 // reviewers: the scripts are shell, checked with sh -n).
 func Embedded() map[string][]byte {

@@ -321,3 +321,30 @@ func TestWriteInitrd(t *testing.T) {
 		}
 	}
 }
+
+func TestStockVariantFiles(t *testing.T) {
+	lean, stock := Files(), FilesFor(VariantStock)
+	byPath := map[string]File{}
+	for _, f := range stock {
+		byPath[f.Path] = f
+	}
+	for _, u := range MaskedUnits {
+		if _, ok := byPath["/etc/systemd/system/"+u]; ok {
+			t.Errorf("stock masks %s", u)
+		}
+	}
+	if f := byPath["/etc/fstab"]; !strings.Contains(string(f.Content), "/dev/vdb\t/root\text4\tdefaults,noatime\t0\t2") {
+		t.Errorf("stock fstab: %q", f.Content)
+	}
+	for _, must := range []string{"/usr/local/sbin/banger-init", "/etc/systemd/system/sysinit.target.wants/banger-init.service", "/etc/ssh/sshd_config.d/banger.conf"} {
+		if _, ok := byPath[must]; !ok {
+			t.Errorf("stock lacks %s", must)
+		}
+	}
+	if len(stock) >= len(lean) {
+		t.Errorf("stock has %d entries, lean %d: nothing left out", len(stock), len(lean))
+	}
+	if !ValidVariant("") || !ValidVariant("stock") || ValidVariant("fat") {
+		t.Error("ValidVariant")
+	}
+}

@@ -385,7 +385,7 @@ func (h *Helper) imageConfigure(ctx context.Context, caller rpc.PeerCred, p help
 	}
 	defer t.Close()
 
-	files := guest.Files()
+	files := guest.FilesFor(p.Variant)
 	s.logf("writing %d guest files, links and masks (internal/guest)", len(files))
 	for _, f := range files {
 		if err := t.write(f); err != nil {
@@ -413,7 +413,12 @@ func (h *Helper) imageConfigure(ctx context.Context, caller rpc.PeerCred, p help
 	}
 
 	initrdKind := "mini"
-	size, err := h.makeMiniInitrd(t, kver, h.buildPath(p.BuildID, miniInitrd))
+	var size int64
+	if p.Variant == guest.VariantStock {
+		err = fmt.Errorf("the stock variant boots with Debian's initrd: %w", errNoMiniInitrd)
+	} else {
+		size, err = h.makeMiniInitrd(t, kver, h.buildPath(p.BuildID, miniInitrd))
+	}
 	switch {
 	case errors.Is(err, errNoMiniInitrd):
 		initrdKind = "initramfs-tools"

@@ -1,5 +1,7 @@
 package helperapi
 
+import "github.com/banger-dev/banger/internal/guest"
+
 import (
 	"fmt"
 	"net/url"
@@ -51,11 +53,16 @@ type ImageStepResult struct {
 // that applies banger.* kernel parameters, fstab with the work disk at
 // /root, sshd settings, masked units), apt sources pointing at Mirror (and
 // SecurityMirror when set), and an initrd with what virtio-mmio block needs.
+//
+// Variant "stock" (guest.VariantStock) leaves Debian's units and fstab as
+// they are and boots with the initramfs-tools initrd: the reference image
+// the default (lean) one is measured against.
 type ImageConfigureParams struct {
 	BuildID        string `json:"build_id"`
 	Suite          string `json:"suite"`
 	Mirror         string `json:"mirror"`
 	SecurityMirror string `json:"security_mirror,omitempty"`
+	Variant        string `json:"variant,omitempty"`
 	LogPath        string `json:"log_path"`
 }
 
@@ -225,6 +232,9 @@ func (p ImageConfigureParams) Validate() error {
 		if err := ValidateMirror("security_mirror", p.SecurityMirror); err != nil {
 			return err
 		}
+	}
+	if !guest.ValidVariant(p.Variant) {
+		return badArg("variant", p.Variant, "want lean or stock")
 	}
 	return ValidatePath("log_path", p.LogPath)
 }

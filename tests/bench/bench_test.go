@@ -80,6 +80,7 @@ func TestBenchCreate(t *testing.T) {
 	}
 	testutil.RequireRoot(t)
 	image := harness.EnsureImage(t)
+	stock := harness.EnsureImageVariant(t, guest.VariantStock)
 	if !testutil.InNetNS(t) {
 		return
 	}
@@ -155,8 +156,15 @@ func TestBenchCreate(t *testing.T) {
 	e.KillHelper()
 
 	// Baseline: the same image booted by qemu's bare command line.
-	base := baseline(t, image, runs)
+	base := baseline(t, image, runs, "bare qemu boot to ssh-ready (baseline)")
 	add(base)
+	// The stock Debian minbase image (systemd, sshd, udev, Debian's initrd),
+	// same kernel, same qemu command line.
+	stockBase := baseline(t, stock, runs, "bare qemu boot of the stock image")
+	add(stockBase)
+	if stockBase.Median > 0 {
+		res.Ratios["default/stock image boot median"] = base.Median / stockBase.Median
+	}
 	banger := summarize("", total)
 	if base.Median > 0 {
 		res.Ratios["banger/baseline create-to-ssh-ready median"] = banger.Median / base.Median
@@ -198,7 +206,7 @@ func TestBenchCreate(t *testing.T) {
 // baseline boots the image with qemu's own command line (the argv banger's
 // driver builds, minus banger) on a qcow2 overlay and a seed-made work
 // disk, with a TAP on a bridge of its own, and times it to SSH-ready.
-func baseline(t *testing.T, image string, runs int) series {
+func baseline(t *testing.T, image string, runs int, name string) series {
 	dir := t.TempDir()
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "bbase0"}}
 	if err := netlink.LinkAdd(br); err != nil {
@@ -270,7 +278,7 @@ func baseline(t *testing.T, image string, runs int) series {
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
 	}
-	return summarize("bare qemu boot to ssh-ready (baseline)", samples)
+	return summarize(name, samples)
 }
 
 func workDisks(t *testing.T, image string, runs int) (seed, scratch []float64) {

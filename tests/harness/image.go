@@ -16,23 +16,31 @@ import (
 // ImageFiles are the files of a built image the cache keeps.
 var ImageFiles = []string{"rootfs.ext4", "work-seed.ext4", "vmlinuz", "initrd.img"}
 
-// ImageKey is the cache key of the default image as `banger image build`
-// makes it on this host (config defaults: bookworm, the host's mirror).
-func ImageKey(t testing.TB) string {
+// ImageKey is the cache key of an image of the variant ("" is the default,
+// lean) as `banger image build` makes it on this host (config defaults:
+// bookworm, the host's mirror).
+func ImageKey(t testing.TB, variant string) string {
 	mirror, security, err := testutil.DebianMirror("bookworm")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return "e2e-" + testutil.GuestImageKey("bookworm", mirror, security, guest.BasePackages)
+	prefix := "e2e-"
+	if variant != "" && variant != guest.VariantLean {
+		prefix += variant + "-"
+	}
+	return prefix + testutil.GuestImageKey("bookworm", mirror, security, guest.BasePackages)
 }
 
 // EnsureImage returns a directory holding a built default image, building
 // it with `banger image build` on a cache miss. Building needs the Debian
 // mirror, so it must run in the host's network namespace: call it before
 // testutil.InNetNS.
-func EnsureImage(t *testing.T) string {
+func EnsureImage(t *testing.T) string { return EnsureImageVariant(t, "") }
+
+// EnsureImageVariant is EnsureImage for an image variant (guest.Variant*).
+func EnsureImageVariant(t *testing.T, variant string) string {
 	t.Helper()
-	dir := filepath.Join(testutil.ImageCacheDir, ImageKey(t))
+	dir := filepath.Join(testutil.ImageCacheDir, ImageKey(t, variant))
 	complete := true
 	for _, f := range ImageFiles {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
@@ -49,7 +57,11 @@ func EnsureImage(t *testing.T) string {
 	t.Logf("image cache miss: building %s with banger image build (about a minute)", dir)
 	e := NewEnv(t)
 	defer e.KillHelper()
-	r := e.Banger("image", "build", "--name", "default")
+	args := []string{"image", "build", "--name", "default"}
+	if variant != "" {
+		args = append(args, "--variant", variant)
+	}
+	r := e.Banger(args...)
 	if r.Code != 0 {
 		t.Fatalf("image build: %s", r)
 	}
