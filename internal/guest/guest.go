@@ -235,8 +235,8 @@ func FilesFor(v string) []File {
 		return Files()
 	}
 	skip := map[string]bool{
-		"/etc/fstab": true,
-		unitDir + "/banger-console.service":                         true,
+		"/etc/fstab":                        true,
+		unitDir + "/banger-console.service": true,
 		unitDir + "/multi-user.target.wants/banger-console.service": true,
 		"/etc/systemd/journald.conf.d":                              true,
 		"/etc/systemd/journald.conf.d/banger.conf":                  true,
