@@ -257,7 +257,12 @@ func (d *Daemon) provisionAndBoot(ctx context.Context, o *operation, vm model.VM
 		if !img.HasWorkSeed() {
 			d.log.WarnContext(ctx, "image has no work-seed: building the work disk from scratch (slow path)", "vm", vm.Name, "image", img.Name)
 		}
-		fromSeed, err := disk.WorkDisk(ctx, r, img.WorkSeedPath, img.RootfsPath, vm.Runtime.WorkDiskPath, vm.Spec.DiskSizeBytes, d.layout.SSHKey()+".pub")
+		hostKey, err := d.makeHostKey(ctx, vm)
+		if err != nil {
+			return "", err
+		}
+		fromSeed, err := disk.WorkDisk(ctx, r, img.WorkSeedPath, img.RootfsPath, vm.Runtime.WorkDiskPath, vm.Spec.DiskSizeBytes,
+			disk.Keys{AuthorizedKey: d.layout.SSHKey() + ".pub", HostKey: hostKey})
 		if err != nil {
 			return "", err
 		}
@@ -467,11 +472,11 @@ func (d *Daemon) waitPort(ctx context.Context, vm model.VM, pid int, deadline ti
 	}
 }
 
-// waitSSH waits for an SSH session with the install's key to succeed; the
-// first one pins the VM's host key in its known_hosts.
+// waitSSH waits for an SSH session with the install's key to succeed,
+// checking the VM's host key against the one pinned at create.
 func (d *Daemon) waitSSH(ctx context.Context, vm model.VM, pid int, deadline time.Time) error {
 	for {
-		args := append(sshArgs(d.layout.SSHKey(), filepath.Join(vm.Runtime.VMDir, vmFileKnownHosts), "accept-new", 2), "root@"+vm.Runtime.GuestIP, "true")
+		args := append(sshArgs(d.layout.SSHKey(), filepath.Join(vm.Runtime.VMDir, vmFileKnownHosts), "yes", 2), "root@"+vm.Runtime.GuestIP, "true")
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		_, err := (&runner.Exec{}).Run(cctx, d.cfg.Paths.SSH, args...)
 		cancel()
@@ -540,4 +545,30 @@ func (d *Daemon) failCreate(ctx context.Context, o *operation, vm model.VM, err 
 // vmmSpecFor is the part of a spec shutdown and status need.
 func vmmSpecFor(vm model.VM) vmm.Spec {
 	return vmm.Spec{ID: vm.ID, Name: vm.Name, APISocket: vm.Runtime.APISockPath, LogPath: vm.Runtime.LogPath, ConsolePath: vm.Runtime.ConsolePath}
+}
+
+// makeHostKey makes the VM's SSH host key on the host (fast, unlike key
+// generation in a TCG guest) and pins it in the VM's known_hosts under its
+// address, so the very first connection is checked: no trust on first use.
+// The guest installs the key from its work disk at boot.
+func (d *Daemon) makeHostKey(ctx context.Context, vm model.VM) (string, error) {
+	key := filepath.Join(vm.Runtime.VMDir, "ssh_host_ed25519_key")
+	os.Remove(key)
+	os.Remove(key + ".pub")
+	if _, err := (&runner.Exec{}).Run(ctx, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "banger-"+vm.Name, "-f", key); err != nil {
+		return "", fmt.Errorf("making the VM's host key: %w", err)
+	}
+	pub, err := os.ReadFile(key + ".pub")
+	if err != nil {
+		return "", err
+	}
+	f := strings.Fields(string(pub))
+	if len(f) < 2 {
+		return "", fmt.Errorf("host key %s.pub: unexpected content", key)
+	}
+	line := vm.Runtime.GuestIP + " " + f[0] + " " + f[1] + "\n"
+	if err := os.WriteFile(filepath.Join(vm.Runtime.VMDir, vmFileKnownHosts), []byte(line), 0o600); err != nil {
+		return "", err
+	}
+	return key, nil
 }

@@ -154,8 +154,9 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// WorkDisk makes the VM's work disk at out, size bytes, with the public
-// key in /root/.ssh/authorized_keys (the disk's /.ssh/authorized_keys).
+// WorkDisk makes the VM's work disk at out, size bytes, with keys installed
+// (InstallKeys): the install's key in /root/.ssh/authorized_keys and the
+// VM's host key under /root/.banger.
 //
 // With a seed (the image's /root as a small ext4) it is a clone of the seed
 // (reflink when the file system can, else a sparse copy) grown with
@@ -163,7 +164,7 @@ func allZero(b []byte) bool {
 // byte for byte the same, so resize2fs -f needs no e2fsck first. Without a
 // seed it is the slow way: /root is copied out of the image's rootfs and a
 // new ext4 of the full size is made from it.
-func WorkDisk(ctx context.Context, r runner.Runner, seed, rootfs, out string, size int64, pubKeyFile string) (fromSeed bool, err error) {
+func WorkDisk(ctx context.Context, r runner.Runner, seed, rootfs, out string, size int64, keys Keys) (fromSeed bool, err error) {
 	if seed != "" {
 		if err := Reflink(seed, out); err != nil {
 			if !errors.Is(err, ErrUnsupported) {
@@ -196,7 +197,7 @@ func WorkDisk(ctx context.Context, r runner.Runner, seed, rootfs, out string, si
 			return false, err
 		}
 	}
-	return fromSeed, InstallAuthorizedKey(ctx, r, out, pubKeyFile)
+	return fromSeed, InstallKeys(ctx, r, out, keys)
 }
 
 // Ext4FromRoot makes out, an ext4 of size (mke2fs's syntax: "16M",
@@ -257,38 +258,59 @@ func chownCommands(tree string) ([]string, error) {
 	return cmds, err
 }
 
-// InstallAuthorizedKey writes pubKeyFile as /.ssh/authorized_keys of the
-// ext4 image disk with debugfs (no mount, no root).
-func InstallAuthorizedKey(ctx context.Context, r runner.Runner, disk, pubKeyFile string) error {
-	if strings.ContainsAny(pubKeyFile, " \t\n\"'\\") {
-		return fmt.Errorf("key path %q: debugfs cannot take whitespace or quotes", pubKeyFile)
+// Keys are what a work disk carries for SSH: the install's public key
+// (root's authorized_keys) and, optionally, the VM's own host key pair
+// (HostKey is the private half; HostKey+".pub" the public one), which the
+// guest's banger-init installs for sshd, so the host knows it in advance.
+type Keys struct {
+	AuthorizedKey string
+	HostKey       string
+}
+
+// InstallKeys writes keys onto the ext4 image disk with debugfs (no mount,
+// no root): /.ssh/authorized_keys (0600) and /.banger/ssh_host_ed25519_key
+// (0600) with its .pub (0644), all owned by root; the disk is the guest's
+// /root.
+func InstallKeys(ctx context.Context, r runner.Runner, disk string, keys Keys) error {
+	for _, p := range []string{keys.AuthorizedKey, keys.HostKey} {
+		if strings.ContainsAny(p, " \t\n\"'\\") {
+			return fmt.Errorf("key path %q: debugfs cannot take whitespace or quotes", p)
+		}
 	}
-	cmds := strings.Join([]string{
-		"mkdir .ssh",
-		"sif .ssh mode 040700",
-		"sif .ssh uid 0",
-		"sif .ssh gid 0",
-		"rm .ssh/authorized_keys",
-		"write " + pubKeyFile + " .ssh/authorized_keys",
-		"sif .ssh/authorized_keys mode 0100600",
-		"sif .ssh/authorized_keys uid 0",
-		"sif .ssh/authorized_keys gid 0",
-	}, "\n") + "\n"
+	put := func(dir, name, src, mode string) []string {
+		return []string{
+			"rm " + dir + "/" + name,
+			"write " + src + " " + dir + "/" + name,
+			"sif " + dir + "/" + name + " mode " + mode,
+			"sif " + dir + "/" + name + " uid 0",
+			"sif " + dir + "/" + name + " gid 0",
+		}
+	}
+	mkdir := func(dir string) []string {
+		return []string{"mkdir " + dir, "sif " + dir + " mode 040700", "sif " + dir + " uid 0", "sif " + dir + " gid 0"}
+	}
+	cmds := append(mkdir(".ssh"), put(".ssh", "authorized_keys", keys.AuthorizedKey, "0100600")...)
+	if keys.HostKey != "" {
+		cmds = append(cmds, mkdir(".banger")...)
+		cmds = append(cmds, put(".banger", "ssh_host_ed25519_key", keys.HostKey, "0100600")...)
+		cmds = append(cmds, put(".banger", "ssh_host_ed25519_key.pub", keys.HostKey+".pub", "0100644")...)
+	}
 	cmdFile := disk + ".debugfs"
-	if err := os.WriteFile(cmdFile, []byte(cmds), 0o600); err != nil {
+	if err := os.WriteFile(cmdFile, []byte(strings.Join(cmds, "\n")+"\n"), 0o600); err != nil {
 		return err
 	}
 	defer os.Remove(cmdFile)
-	// debugfs reports per-command errors (mkdir of an existing .ssh, rm of
-	// a missing file) on stderr and goes on; the result is checked below.
+	// debugfs reports per-command errors (mkdir of an existing directory,
+	// rm of a missing file) on stderr and goes on; the result is checked
+	// below.
 	if _, err := r.Run(ctx, "debugfs", "-w", "-f", cmdFile, disk); err != nil {
-		return fmt.Errorf("writing authorized_keys: %w", err)
+		return fmt.Errorf("writing keys: %w", err)
 	}
 	out, err := r.Run(ctx, "debugfs", "-R", "cat /.ssh/authorized_keys", disk)
 	if err != nil {
 		return fmt.Errorf("reading back authorized_keys: %w", err)
 	}
-	want, err := os.ReadFile(pubKeyFile)
+	want, err := os.ReadFile(keys.AuthorizedKey)
 	if err != nil {
 		return err
 	}

@@ -37,7 +37,7 @@ func TestWorkDiskFromSeedReal(t *testing.T) {
 	key := filepath.Join(dir, "id.pub")
 	os.WriteFile(key, []byte("ssh-ed25519 AAAATEST banger\n"), 0o644)
 	out := filepath.Join(dir, "work.ext4")
-	fromSeed, err := WorkDisk(ctx, r, seed, "", out, 256<<20, key)
+	fromSeed, err := WorkDisk(ctx, r, seed, "", out, 256<<20, Keys{AuthorizedKey: key})
 	if err != nil || !fromSeed {
 		t.Fatalf("WorkDisk: %v (fromSeed %v)", err, fromSeed)
 	}
@@ -81,18 +81,25 @@ func TestWorkDiskWithoutSeedReal(t *testing.T) {
 	key := filepath.Join(dir, "id.pub")
 	os.WriteFile(key, []byte("ssh-ed25519 K banger\n"), 0o644)
 	out := filepath.Join(dir, "work.ext4")
-	fromSeed, err := WorkDisk(ctx, r, "", rootfs, out, 128<<20, key)
+	hostKey := filepath.Join(dir, "host")
+	os.WriteFile(hostKey, []byte("PRIVATE\n"), 0o600)
+	os.WriteFile(hostKey+".pub", []byte("ssh-ed25519 HOST\n"), 0o644)
+	fromSeed, err := WorkDisk(ctx, r, "", rootfs, out, 128<<20, Keys{AuthorizedKey: key, HostKey: hostKey})
 	if err != nil || fromSeed {
 		t.Fatalf("%v %v", err, fromSeed)
 	}
 	if st, _ := os.Stat(out); st.Size() != 128<<20 {
 		t.Fatalf("size %d", st.Size())
 	}
-	for path, want := range map[string]string{"/.bashrc": "PS1=x\n", "/.ssh/authorized_keys": "ssh-ed25519 K banger\n"} {
+	for path, want := range map[string]string{"/.bashrc": "PS1=x\n", "/.ssh/authorized_keys": "ssh-ed25519 K banger\n",
+		"/.banger/ssh_host_ed25519_key": "PRIVATE\n", "/.banger/ssh_host_ed25519_key.pub": "ssh-ed25519 HOST\n"} {
 		got, err := r.Run(ctx, "debugfs", "-R", "cat "+path, out)
 		if err != nil || string(got) != want {
 			t.Fatalf("%s: %q %v", path, got, err)
 		}
+	}
+	if st, _ := r.Run(ctx, "debugfs", "-R", "stat /.banger/ssh_host_ed25519_key", out); !strings.Contains(string(st), "Mode:  0600") {
+		t.Fatalf("host key mode:\n%s", st)
 	}
 	st, _ := r.Run(ctx, "debugfs", "-R", "stat /", out)
 	if !strings.Contains(string(st), "Mode:  0700") || !strings.Contains(string(st), "User:     0") {

@@ -241,7 +241,7 @@ func baseline(t *testing.T, image string, runs int, name string) series {
 			t.Fatal(err)
 		}
 		work := filepath.Join(run, "work.ext4")
-		if _, err := disk.WorkDisk(ctx, r, filepath.Join(image, "work-seed.ext4"), "", work, 1<<30, key+".pub"); err != nil {
+		if _, err := disk.WorkDisk(ctx, r, filepath.Join(image, "work-seed.ext4"), "", work, 1<<30, disk.Keys{AuthorizedKey: key + ".pub"}); err != nil {
 			t.Fatal(err)
 		}
 		cmdline, _ := guest.KernelCmdline(guest.Settings{IP: mustPrefix("10.231.21.2/24"), Gateway: mustAddr("10.231.21.1"), Hostname: "base", TSCKHz: khz})
@@ -294,7 +294,7 @@ func workDisks(t *testing.T, image string, runs int) (seed, scratch []float64) {
 				src = filepath.Join(image, "work-seed.ext4")
 			}
 			start := time.Now()
-			if _, err := disk.WorkDisk(context.Background(), r, src, filepath.Join(image, "rootfs.ext4"), out, 4<<30, key); err != nil {
+			if _, err := disk.WorkDisk(context.Background(), r, src, filepath.Join(image, "rootfs.ext4"), out, 4<<30, disk.Keys{AuthorizedKey: key}); err != nil {
 				t.Fatal(err)
 			}
 			d := ms(time.Since(start))
