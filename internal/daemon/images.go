@@ -54,7 +54,9 @@ func (d *Daemon) imageBuildBegin(ctx context.Context, p api.ImageBuildParams) (a
 	return o.snapshot(), nil
 }
 
-func (d *Daemon) startImageBuild(ctx context.Context, p api.ImageBuildParams) (*operation, error) {
+// prepareImageBuild validates a build, reserves its name and clears its
+// directory.
+func (d *Daemon) prepareImageBuild(ctx context.Context, p api.ImageBuildParams) (*imageBuild, error) {
 	if err := model.ValidateName("image", p.Name); err != nil {
 		return nil, fmt.Errorf("%v: %w", err, rpc.ErrBadRequest)
 	}
@@ -93,32 +95,59 @@ func (d *Daemon) startImageBuild(ctx context.Context, p api.ImageBuildParams) (*
 		return nil, err
 	}
 
-	dir := d.layout.ImageDir(p.Name)
-	if err := d.clearImageDir(ctx, dir); err != nil {
+	b := &imageBuild{p: p, security: security, dir: d.layout.ImageDir(p.Name)}
+	b.logPath = filepath.Join(b.dir, fileBuildLog)
+	if err := d.clearImageDir(ctx, b.dir); err != nil {
 		return nil, err
 	}
-	logPath := filepath.Join(dir, fileBuildLog)
-	o := d.ops.start(ctx, "image.build", p.Name, imageBuildStages)
-	o.st.LogPath = logPath
-	o.progress = func() string { return lastLine(logPath) }
-	d.imageBuilds[p.Name] = o.st.ID
+	d.imageBuilds[p.Name] = op.From(ctx)
+	return b, nil
+}
 
+// imageBuild is a build whose name is reserved and whose directory is
+// ready.
+type imageBuild struct {
+	p                      api.ImageBuildParams
+	security, dir, logPath string
+}
+
+// startImageBuild begins a build as an operation of its own, in the
+// background.
+func (d *Daemon) startImageBuild(ctx context.Context, p api.ImageBuildParams) (*operation, error) {
+	b, err := d.prepareImageBuild(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	o := d.ops.start(ctx, "image.build", p.Name, imageBuildStages)
+	o.st.LogPath = b.logPath
+	o.progress = func() string { return lastLine(b.logPath) }
 	bctx := context.WithoutCancel(ctx)
 	go func() {
-		img, err := d.runImageBuild(bctx, o, p, security, dir, logPath)
-		d.imagesMu.Lock()
-		delete(d.imageBuilds, p.Name)
-		d.imagesMu.Unlock()
+		img, err := d.runBuild(bctx, o, b, "")
 		if err != nil {
-			err = rpc.WithHint(fmt.Errorf("building image %q: %w; build log: %s", p.Name, err, logPath), "read the build log: "+logPath)
-			d.log.ErrorContext(bctx, "image build failed", "image", p.Name, "error", err.Error(), "build_log", logPath)
 			o.finish(nil, err)
 			return
 		}
-		d.log.InfoContext(bctx, "image built", "image", p.Name, "kernel", img.KernelVersion, "duration_ms", time.Since(o.st.StartedAt).Milliseconds())
 		o.finish(img, nil)
 	}()
 	return o, nil
+}
+
+// runBuild runs a prepared build as stages of o (their names prefixed),
+// then releases the name.
+func (d *Daemon) runBuild(ctx context.Context, o *operation, b *imageBuild, stagePrefix string) (model.Image, error) {
+	start := time.Now()
+	img, err := d.runImageBuild(ctx, o, b.p, b.security, b.dir, b.logPath, stagePrefix)
+	d.imagesMu.Lock()
+	delete(d.imageBuilds, b.p.Name)
+	d.imagesMu.Unlock()
+	if err != nil {
+		err = rpc.WithHint(fmt.Errorf("building image %q: %w; build log: %s", b.p.Name, err, b.logPath), "read the build log: "+b.logPath)
+		d.log.ErrorContext(ctx, "image build failed", "image", b.p.Name, "error", err.Error(), "build_log", b.logPath)
+		return img, err
+	}
+	d.log.InfoContext(ctx, "image built", "image", b.p.Name, "kernel", img.KernelVersion, "duration_ms", time.Since(start).Milliseconds())
+	return img, nil
 }
 
 // clearImageDir prepares dir for a build: what an earlier failed build left
@@ -143,7 +172,7 @@ func (d *Daemon) discardBuild(ctx context.Context, buildID string) {
 	}
 }
 
-func (d *Daemon) runImageBuild(ctx context.Context, o *operation, p api.ImageBuildParams, security, dir, logPath string) (img model.Image, err error) {
+func (d *Daemon) runImageBuild(ctx context.Context, o *operation, p api.ImageBuildParams, security, dir, logPath, stagePrefix string) (img model.Image, err error) {
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return img, err
@@ -176,7 +205,7 @@ func (d *Daemon) runImageBuild(ctx context.Context, o *operation, p api.ImageBui
 	var kernelVersion string
 	var packed helperapi.ImagePackResult
 
-	if err := o.stage(ctx, d.log, "bootstrap", func() (string, error) {
+	if err := o.stage(ctx, d.log, stagePrefix+"bootstrap", func() (string, error) {
 		_, err := h.ImageBootstrap(ctx, helperapi.ImageBootstrapParams{
 			BuildID: buildID, Suite: p.Suite, Mirror: p.Mirror, Packages: packages, LogPath: logPath,
 		})
@@ -184,7 +213,7 @@ func (d *Daemon) runImageBuild(ctx context.Context, o *operation, p api.ImageBui
 	}); err != nil {
 		return img, err
 	}
-	if err := o.stage(ctx, d.log, "configure", func() (string, error) {
+	if err := o.stage(ctx, d.log, stagePrefix+"configure", func() (string, error) {
 		r, err := h.ImageConfigure(ctx, helperapi.ImageConfigureParams{
 			BuildID: buildID, Suite: p.Suite, Mirror: p.Mirror, SecurityMirror: security, Variant: p.Variant, LogPath: logPath,
 		})
@@ -197,7 +226,7 @@ func (d *Daemon) runImageBuild(ctx context.Context, o *operation, p api.ImageBui
 	}); err != nil {
 		return img, err
 	}
-	if err := o.stage(ctx, d.log, "pack", func() (string, error) {
+	if err := o.stage(ctx, d.log, stagePrefix+"pack", func() (string, error) {
 		var err error
 		packed, err = h.ImagePack(ctx, helperapi.ImagePackParams{
 			BuildID: buildID, OutDir: dir, RootfsSize: p.RootfsSize,
@@ -214,13 +243,13 @@ func (d *Daemon) runImageBuild(ctx context.Context, o *operation, p api.ImageBui
 		KernelPath: packed.Kernel, InitrdPath: packed.Initrd,
 		VmlinuxPath: filepath.Join(dir, fileVmlinux), BuildLogPath: logPath,
 	}
-	if err := o.stage(ctx, d.log, "kernel", func() (string, error) {
+	if err := o.stage(ctx, d.log, stagePrefix+"kernel", func() (string, error) {
 		fmt.Fprintf(logf, "==> extracting ELF vmlinux from %s\n", img.KernelPath)
 		return "ELF vmlinux for firecracker", image.ExtractVmlinux(img.KernelPath, img.VmlinuxPath)
 	}); err != nil {
 		return img, err
 	}
-	if err := o.stage(ctx, d.log, "checksums", func() (string, error) {
+	if err := o.stage(ctx, d.log, stagePrefix+"checksums", func() (string, error) {
 		var err error
 		if img.RootfsSHA256, err = sha256File(img.RootfsPath); err != nil {
 			return "", err
@@ -230,7 +259,7 @@ func (d *Daemon) runImageBuild(ctx context.Context, o *operation, p api.ImageBui
 	}); err != nil {
 		return img, err
 	}
-	err = o.stage(ctx, d.log, "register", func() (string, error) {
+	err = o.stage(ctx, d.log, stagePrefix+"register", func() (string, error) {
 		return "", d.registerImage(ctx, &img)
 	})
 	return img, err

@@ -119,3 +119,47 @@ func TestImageBuildConflict(t *testing.T) {
 		t.Fatalf("second build: %v", err)
 	}
 }
+
+// TestCreateBuildsMissingDefaultImageAsItsOwnStages: a create without the
+// default image builds it as stages of the create's own operation (one op
+// id, one operation the CLI follows to the end), and without BuildImage it
+// is not_found with the build command as hint.
+func TestCreateBuildsMissingDefaultImageAsItsOwnStages(t *testing.T) {
+	var calls []string
+	d, _ := newTestDaemon(t, fakeImageHelper(t, "", &calls))
+	ctx := op.With(context.Background(), "op-c4ea7e")
+
+	_, err := d.vmCreateBegin(op.With(context.Background(), "op-000001"), api.VMCreateParams{Name: "v0"})
+	if !errors.Is(err, rpc.ErrNotFound) || !strings.Contains(rpc.HintOf(err), "banger image build --name default") {
+		t.Fatalf("without BuildImage: %v (hint %q)", err, rpc.HintOf(err))
+	}
+
+	o, err := d.vmCreateBegin(ctx, api.VMCreateParams{Name: "v1", BuildImage: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	final := o
+	for final.State == api.OpRunning {
+		final, _ = d.ops.status(ctx, api.OperationStatusParams{OpID: o.ID, WaitMS: 1000})
+	}
+	if final.Kind != "vm.create" || final.ID != "op-c4ea7e" {
+		t.Fatalf("the status of the create's op id is another operation: %+v", final)
+	}
+	stages := map[string]string{}
+	for _, s := range final.Stages {
+		stages[s.Name] = s.State
+	}
+	if stages["image bootstrap"] != api.StageDone || stages["image pack"] != api.StageDone {
+		t.Fatalf("image build stages not part of the create: %+v", final.Stages)
+	}
+	// The fake helper's files are not a real kernel, so the build stops at
+	// the kernel stage; the create fails with the build's error and op id.
+	if final.State != api.OpFailed || final.Error.OpID != "op-c4ea7e" || !strings.Contains(final.Error.Message, `building image "default"`) {
+		t.Fatalf("final: %+v %+v", final, final.Error)
+	}
+	for _, c := range calls {
+		if _, id, _ := strings.Cut(c, ":"); id != "op-c4ea7e" {
+			t.Fatalf("helper call %q under another op id", c)
+		}
+	}
+}

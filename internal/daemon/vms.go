@@ -136,26 +136,22 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.O
 	return o.snapshot(), nil
 }
 
-// buildDefaultImage runs an image build inside a VM create, as its stage.
+// buildDefaultImage builds the default image inside a VM create: its
+// stages ("image bootstrap", ...) are the create's, under the create's op
+// id, and the build log is the progress note meanwhile.
 func (d *Daemon) buildDefaultImage(ctx context.Context, o *operation) error {
-	return o.stage(ctx, d.log, "image build", func() (string, error) {
-		bo, err := d.startImageBuild(ctx, api.ImageBuildParams{Name: d.cfg.DefaultImage})
-		if err != nil {
-			return "", err
-		}
-		o.mu.Lock()
-		o.progress = func() string { return "building image " + d.cfg.DefaultImage + ": " + lastLine(bo.st.LogPath) }
-		o.mu.Unlock()
-		for {
-			s, _ := d.ops.status(ctx, api.OperationStatusParams{OpID: bo.st.ID, WaitMS: 1000})
-			if s.State == api.OpSucceeded {
-				return "image " + d.cfg.DefaultImage + " built", nil
-			}
-			if s.State == api.OpFailed {
-				return "", s.Error
-			}
-		}
-	})
+	b, err := d.prepareImageBuild(ctx, api.ImageBuildParams{Name: d.cfg.DefaultImage})
+	if err != nil {
+		return err
+	}
+	o.mu.Lock()
+	o.progress = func() string { return "building image " + d.cfg.DefaultImage + ": " + lastLine(b.logPath) }
+	o.mu.Unlock()
+	_, err = d.runBuild(ctx, o, b, "image ")
+	o.mu.Lock()
+	o.progress = nil
+	o.mu.Unlock()
+	return err
 }
 
 // allocateVM picks the id, address, MAC and CID and inserts the row. The
