@@ -6,7 +6,6 @@ package dns
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -163,6 +162,3 @@ func HostUpstreams(resolvConf string) []string {
 	}
 	return out
 }
-
-// ErrNoAddress: the listen address does not exist (yet) on this host.
-var ErrNoAddress = errors.New("address not assigned")

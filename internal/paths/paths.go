@@ -30,11 +30,9 @@ type Layout struct {
 
 // Fixed system locations.
 const (
-	RootStateDir      = "/var/lib/banger"
-	RootRuntimeDir    = "/run/banger"
-	HelperSocket      = "/run/banger/helper.sock"
-	HelperLogFile     = "/var/log/banger/helper.log"
-	DefaultConfigRoot = "/etc/banger/config.toml"
+	RootStateDir   = "/var/lib/banger"
+	RootRuntimeDir = "/run/banger"
+	HelperSocket   = "/run/banger/helper.sock"
 )
 
 // Default returns the layout for the current user and environment.
