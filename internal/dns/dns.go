@@ -148,9 +148,9 @@ func errString(err error) string {
 	return err.Error()
 }
 
-// HostUpstreams reads the nameservers of resolv.conf as host:53, leaving
-// out loopback ones (a guest's query forwarded there would work, but a
-// stub resolver on 127.0.0.53 is the host's own and fine too: keep them).
+// HostUpstreams reads the nameservers of resolv.conf as host:port. A
+// loopback one (a stub resolver such as 127.0.0.53) is kept: bangerd
+// forwards from the host, where it answers.
 func HostUpstreams(resolvConf string) []string {
 	cfg, err := dns.ClientConfigFromFile(resolvConf)
 	if err != nil {
