@@ -12,6 +12,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -159,9 +160,8 @@ func allZero(b []byte) bool {
 // VM's host key under /root/.banger.
 //
 // With a seed (the image's /root as a small ext4) it is a clone of the seed
-// (reflink when the file system can, else a sparse copy) grown with
-// resize2fs. The seed is checked when the image is made and the clone is
-// byte for byte the same, so resize2fs -f needs no e2fsck first. Without a
+// (reflink when the file system can, else a sparse copy) checked with
+// e2fsck and grown with resize2fs. Without a
 // seed it is the slow way: /root is copied out of the image's rootfs and a
 // new ext4 of the full size is made from it.
 func WorkDisk(ctx context.Context, r runner.Runner, seed, rootfs, out string, size int64, keys Keys) (fromSeed bool, err error) {
@@ -182,7 +182,12 @@ func WorkDisk(ctx context.Context, r runner.Runner, seed, rootfs, out string, si
 			if err := os.Truncate(out, size); err != nil {
 				return true, err
 			}
-			if _, err := r.Run(ctx, "resize2fs", "-f", out); err != nil {
+			// resize2fs wants a freshly checked file system; exit status 1
+			// (errors corrected) is fine for a copy being prepared.
+			if _, err := r.Run(ctx, "e2fsck", "-f", "-y", out); err != nil && !fsckFixed(err) {
+				return true, fmt.Errorf("checking work disk: %w", err)
+			}
+			if _, err := r.Run(ctx, "resize2fs", out); err != nil {
 				return true, fmt.Errorf("growing work disk: %w", err)
 			}
 		}
@@ -318,4 +323,11 @@ func InstallKeys(ctx context.Context, r runner.Runner, disk string, keys Keys) e
 		return fmt.Errorf("authorized_keys on %s does not hold the key", disk)
 	}
 	return nil
+}
+
+// fsckFixed reports whether e2fsck's failure is exit status 1: errors were
+// found and corrected.
+func fsckFixed(err error) bool {
+	var ee *exec.ExitError
+	return errors.As(err, &ee) && ee.ExitCode() == 1
 }
