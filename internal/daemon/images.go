@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/disk"
 	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/image"
@@ -393,6 +394,11 @@ func (d *Daemon) makeWorkSeed(ctx context.Context, img *model.Image) error {
 	final := filepath.Join(img.Dir, fileWorkSeed)
 	if err := os.Rename(tmp, final); err != nil {
 		return err
+	}
+	// Grown copies of the old seed are stale now.
+	stale, _ := filepath.Glob(filepath.Join(img.Dir, disk.GrownSeedPattern))
+	for _, p := range stale {
+		os.Remove(p)
 	}
 	st, err := os.Stat(final)
 	if err != nil {

@@ -257,7 +257,7 @@ func (d *Daemon) provisionAndBoot(ctx context.Context, o *operation, vm model.VM
 		if err != nil {
 			return "", err
 		}
-		fromSeed, err := disk.WorkDisk(ctx, r, img.WorkSeedPath, img.RootfsPath, vm.Runtime.WorkDiskPath, vm.Spec.DiskSizeBytes,
+		fromSeed, err := disk.WorkDiskCached(ctx, r, img.WorkSeedPath, img.RootfsPath, img.Dir, vm.Runtime.WorkDiskPath, vm.Spec.DiskSizeBytes,
 			disk.Keys{AuthorizedKey: d.layout.SSHKey() + ".pub", HostKey: hostKey})
 		if err != nil {
 			return "", err

@@ -7,6 +7,8 @@ package disk
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -165,14 +167,27 @@ func allZero(b []byte) bool {
 // seed it is the slow way: /root is copied out of the image's rootfs and a
 // new ext4 of the full size is made from it.
 func WorkDisk(ctx context.Context, r runner.Runner, seed, rootfs, out string, size int64, keys Keys) (fromSeed bool, err error) {
+	return WorkDiskCached(ctx, r, seed, rootfs, "", out, size, keys)
+}
+
+// WorkDiskCached is WorkDisk with a cache of grown seeds in cacheDir (the
+// image's directory): the first VM of a size pays for growing the seed and
+// writing the install's key into it; later ones clone that copy and only
+// write their own host key. cacheDir "" disables the cache.
+func WorkDiskCached(ctx context.Context, r runner.Runner, seed, rootfs, cacheDir, out string, size int64, keys Keys) (fromSeed bool, err error) {
+	if seed != "" && cacheDir != "" {
+		grown, err := grownSeed(ctx, r, seed, cacheDir, size, keys.AuthorizedKey)
+		if err != nil {
+			return true, err
+		}
+		if err := clone(grown, out); err != nil {
+			return true, err
+		}
+		return true, InstallHostKey(ctx, r, out, keys.HostKey)
+	}
 	if seed != "" {
-		if err := Reflink(seed, out); err != nil {
-			if !errors.Is(err, ErrUnsupported) {
-				return false, err
-			}
-			if err := CopySparse(seed, out); err != nil {
-				return false, fmt.Errorf("copying work-seed: %w", err)
-			}
+		if err := clone(seed, out); err != nil {
+			return false, fmt.Errorf("cloning the work-seed: %w", err)
 		}
 		st, err := os.Stat(out)
 		if err != nil {
@@ -203,6 +218,79 @@ func WorkDisk(ctx context.Context, r runner.Runner, seed, rootfs, out string, si
 		}
 	}
 	return fromSeed, InstallKeys(ctx, r, out, keys)
+}
+
+// clone copies src to a new dst: a reflink where the file system can, else
+// a sparse copy.
+func clone(src, dst string) error {
+	if err := Reflink(src, dst); err != nil {
+		if !errors.Is(err, ErrUnsupported) {
+			return err
+		}
+		if err := CopySparse(src, dst); err != nil {
+			return fmt.Errorf("copying %s: %w", src, err)
+		}
+	}
+	return nil
+}
+
+// GrownSeedPattern matches the cached grown seeds of an image directory
+// (remove them when the seed changes).
+const GrownSeedPattern = "work-seed-*.cache.ext4"
+
+// grownSeed returns the cached copy of seed grown to size with the
+// authorized key in it, making it first when missing. The name carries the
+// size, the seed's size and modification time and a hash of the key, so a
+// changed seed or key never reuses a stale copy.
+func grownSeed(ctx context.Context, r runner.Runner, seed, cacheDir string, size int64, authorizedKey string) (string, error) {
+	st, err := os.Stat(seed)
+	if err != nil {
+		return "", err
+	}
+	key, err := os.ReadFile(authorizedKey)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(append([]byte(fmt.Sprintf("%d:%d:", st.Size(), st.ModTime().UnixNano())), key...))
+	p := filepath.Join(cacheDir, fmt.Sprintf("work-seed-%d-%s.cache.ext4", size, hex.EncodeToString(sum[:6])))
+	if _, err := os.Stat(p); err == nil {
+		return p, nil
+	}
+	tmp, err := os.CreateTemp(cacheDir, ".grown-*.ext4")
+	if err != nil {
+		return "", err
+	}
+	tmp.Close()
+	os.Remove(tmp.Name())
+	defer os.Remove(tmp.Name())
+	if _, err := WorkDisk(ctx, r, seed, "", tmp.Name(), size, Keys{AuthorizedKey: authorizedKey}); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp.Name(), p); err != nil {
+		return "", err
+	}
+	return p, nil
+}
+
+// InstallHostKey writes the VM's host key pair (hostKey and hostKey+".pub")
+// to /.banger on the disk with one debugfs run; "" does nothing.
+func InstallHostKey(ctx context.Context, r runner.Runner, disk, hostKey string) error {
+	if hostKey == "" {
+		return nil
+	}
+	if strings.ContainsAny(hostKey, " \t\n\"'\\") {
+		return fmt.Errorf("key path %q: debugfs cannot take whitespace or quotes", hostKey)
+	}
+	cmds := hostKeyCommands(hostKey)
+	cmdFile := disk + ".debugfs"
+	if err := os.WriteFile(cmdFile, []byte(strings.Join(cmds, "\n")+"\n"), 0o600); err != nil {
+		return err
+	}
+	defer os.Remove(cmdFile)
+	if _, err := r.Run(ctx, "debugfs", "-w", "-f", cmdFile, disk); err != nil {
+		return fmt.Errorf("writing the host key: %w", err)
+	}
+	return nil
 }
 
 // Ext4FromRoot makes out, an ext4 of size (mke2fs's syntax: "16M",
@@ -272,6 +360,27 @@ type Keys struct {
 	HostKey       string
 }
 
+// put and mkdir are debugfs commands for a root-owned file and directory.
+func put(dir, name, src, mode string) []string {
+	return []string{
+		"rm " + dir + "/" + name,
+		"write " + src + " " + dir + "/" + name,
+		"sif " + dir + "/" + name + " mode " + mode,
+		"sif " + dir + "/" + name + " uid 0",
+		"sif " + dir + "/" + name + " gid 0",
+	}
+}
+
+func mkdir(dir string) []string {
+	return []string{"mkdir " + dir, "sif " + dir + " mode 040700", "sif " + dir + " uid 0", "sif " + dir + " gid 0"}
+}
+
+func hostKeyCommands(hostKey string) []string {
+	cmds := mkdir(".banger")
+	cmds = append(cmds, put(".banger", "ssh_host_ed25519_key", hostKey, "0100600")...)
+	return append(cmds, put(".banger", "ssh_host_ed25519_key.pub", hostKey+".pub", "0100644")...)
+}
+
 // InstallKeys writes keys onto the ext4 image disk with debugfs (no mount,
 // no root): /.ssh/authorized_keys (0600) and /.banger/ssh_host_ed25519_key
 // (0600) with its .pub (0644), all owned by root; the disk is the guest's
@@ -282,23 +391,9 @@ func InstallKeys(ctx context.Context, r runner.Runner, disk string, keys Keys) e
 			return fmt.Errorf("key path %q: debugfs cannot take whitespace or quotes", p)
 		}
 	}
-	put := func(dir, name, src, mode string) []string {
-		return []string{
-			"rm " + dir + "/" + name,
-			"write " + src + " " + dir + "/" + name,
-			"sif " + dir + "/" + name + " mode " + mode,
-			"sif " + dir + "/" + name + " uid 0",
-			"sif " + dir + "/" + name + " gid 0",
-		}
-	}
-	mkdir := func(dir string) []string {
-		return []string{"mkdir " + dir, "sif " + dir + " mode 040700", "sif " + dir + " uid 0", "sif " + dir + " gid 0"}
-	}
 	cmds := append(mkdir(".ssh"), put(".ssh", "authorized_keys", keys.AuthorizedKey, "0100600")...)
 	if keys.HostKey != "" {
-		cmds = append(cmds, mkdir(".banger")...)
-		cmds = append(cmds, put(".banger", "ssh_host_ed25519_key", keys.HostKey, "0100600")...)
-		cmds = append(cmds, put(".banger", "ssh_host_ed25519_key.pub", keys.HostKey+".pub", "0100644")...)
+		cmds = append(cmds, hostKeyCommands(keys.HostKey)...)
 	}
 	cmdFile := disk + ".debugfs"
 	if err := os.WriteFile(cmdFile, []byte(strings.Join(cmds, "\n")+"\n"), 0o600); err != nil {

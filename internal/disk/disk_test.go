@@ -2,6 +2,7 @@ package disk
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -144,4 +145,62 @@ func statBlocks(t *testing.T, p string) int64 {
 		t.Fatal(err)
 	}
 	return fi.Sys().(*syscall.Stat_t).Blocks
+}
+
+// countingRunner records the commands a real runner runs.
+type countingRunner struct {
+	runner.Exec
+	names []string
+}
+
+func (c *countingRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	c.names = append(c.names, name)
+	return c.Exec.Run(ctx, name, args...)
+}
+
+// TestWorkDiskCachedGrowsOnce: the first disk of a size grows the seed and
+// caches it with the install's key; the next clones that copy and only
+// writes its own host key (no e2fsck, no resize2fs); both disks hold the
+// seed's content, the key and their own host keys.
+func TestWorkDiskCachedGrowsOnce(t *testing.T) {
+	needTools(t, "mke2fs", "e2fsck", "resize2fs", "debugfs")
+	dir := t.TempDir()
+	tree := filepath.Join(dir, "root")
+	os.MkdirAll(tree, 0o700)
+	os.WriteFile(filepath.Join(tree, ".profile"), []byte("x\n"), 0o644)
+	ctx := context.Background()
+	seed := filepath.Join(dir, "seed.ext4")
+	if _, err := (&runner.Exec{}).Run(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-d", tree, seed, "16M"); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(dir, "id.pub")
+	os.WriteFile(key, []byte("ssh-ed25519 AAAACACHE banger\n"), 0o644)
+	cache := filepath.Join(dir, "img")
+	os.Mkdir(cache, 0o700)
+	for i, host := range []string{"HOST-A", "HOST-B"} {
+		hk := filepath.Join(dir, fmt.Sprintf("hk%d", i))
+		os.WriteFile(hk, []byte(host+"\n"), 0o600)
+		os.WriteFile(hk+".pub", []byte(host+".pub\n"), 0o644)
+		r := &countingRunner{}
+		out := filepath.Join(dir, fmt.Sprintf("work%d.ext4", i))
+		if _, err := WorkDiskCached(ctx, r, seed, "", cache, out, 256<<20, Keys{AuthorizedKey: key, HostKey: hk}); err != nil {
+			t.Fatal(err)
+		}
+		grew := strings.Contains(strings.Join(r.names, " "), "resize2fs")
+		if grew != (i == 0) {
+			t.Fatalf("disk %d: ran %v", i, r.names)
+		}
+		for path, want := range map[string]string{"/.profile": "x\n", "/.ssh/authorized_keys": "ssh-ed25519 AAAACACHE banger\n", "/.banger/ssh_host_ed25519_key": host + "\n"} {
+			got, err := (&runner.Exec{}).Run(ctx, "debugfs", "-R", "cat "+path, out)
+			if err != nil || string(got) != want {
+				t.Fatalf("disk %d %s: %q %v", i, path, got, err)
+			}
+		}
+		if st, _ := os.Stat(out); st.Size() != 256<<20 {
+			t.Fatalf("disk %d size %d", i, st.Size())
+		}
+	}
+	if cached, _ := filepath.Glob(filepath.Join(cache, GrownSeedPattern)); len(cached) != 1 {
+		t.Fatalf("cache: %v", cached)
+	}
 }
