@@ -193,7 +193,7 @@ func (d *Daemon) doctor(ctx context.Context, _ noParams) (api.DoctorReport, erro
 		add("dns", hostcheck.OK, fmt.Sprintf("answering <vm>.%s on %s:53", d.cfg.Network.Domain, d.cfg.Subnet().Addr().Next()), "")
 	case dnsErr != "":
 		add("dns", hostcheck.Warn, "the DNS responder could not start: "+dnsErr+"; VMs reach each other by address only",
-			"let bangerd bind port 53: sudo setcap cap_net_bind_service=+ep $(command -v bangerd), or sysctl net.ipv4.ip_unprivileged_port_start=53")
+			"the root helper binds port 53 for an unprivileged bangerd: check it answers (above); or let bangerd bind it: sudo setcap cap_net_bind_service=+ep $(command -v bangerd)")
 	default:
 		add("dns", hostcheck.OK, "starts with the bridge, on its address, port 53", "")
 	}

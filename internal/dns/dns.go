@@ -34,14 +34,6 @@ type Server struct {
 // Serve listens on addr (ip:port) for UDP and TCP and answers until ctx is
 // done. It returns once both listeners are bound (or failed).
 func (s *Server) Serve(ctx context.Context, addr string) error {
-	if s.TTL == 0 {
-		s.TTL = 5
-	}
-	zone := dns.Fqdn(strings.ToLower(s.Domain))
-	mux := dns.NewServeMux()
-	mux.HandleFunc(zone, s.answerLocal)
-	mux.HandleFunc(".", s.forward)
-
 	udp, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		return err
@@ -51,6 +43,20 @@ func (s *Server) Serve(ctx context.Context, addr string) error {
 		udp.Close()
 		return err
 	}
+	s.ServeOn(ctx, udp, tcp)
+	return nil
+}
+
+// ServeOn answers on sockets bound elsewhere (by the root helper, for port
+// 53) until ctx is done.
+func (s *Server) ServeOn(ctx context.Context, udp net.PacketConn, tcp net.Listener) {
+	if s.TTL == 0 {
+		s.TTL = 5
+	}
+	zone := dns.Fqdn(strings.ToLower(s.Domain))
+	mux := dns.NewServeMux()
+	mux.HandleFunc(zone, s.answerLocal)
+	mux.HandleFunc(".", s.forward)
 	us := &dns.Server{PacketConn: udp, Handler: mux}
 	ts := &dns.Server{Listener: tcp, Handler: mux}
 	s.mu.Lock()
@@ -62,7 +68,6 @@ func (s *Server) Serve(ctx context.Context, addr string) error {
 		_ = us.Shutdown()
 		_ = ts.Shutdown()
 	})
-	return nil
 }
 
 // Close stops every listener.

@@ -145,6 +145,7 @@ func (h *Helper) Register(s *rpc.Server) {
 	handle(h, s, helperapi.MethodTapCreate, true, h.tapCreate)
 	handle(h, s, helperapi.MethodTapDelete, true, h.tapDelete)
 	handle(h, s, helperapi.MethodTapOpen, false, h.tapOpen)
+	handle(h, s, helperapi.MethodDNSListen, false, h.dnsListen)
 	handle(h, s, helperapi.MethodNATEnsure, true, h.natEnsure)
 	handle(h, s, helperapi.MethodNATDelete, true, h.natDelete)
 	handle(h, s, helperapi.MethodLoopAttach, true, h.loopAttach)

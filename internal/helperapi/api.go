@@ -52,6 +52,7 @@ var Methods = []string{
 	MethodChownDevice,
 	MethodDMSnapshotCreate,
 	MethodDMSnapshotRemove,
+	MethodDNSListen,
 	MethodVersion,
 	MethodImageBootstrap,
 	MethodImageConfigure,

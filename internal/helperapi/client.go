@@ -115,3 +115,24 @@ func (c *Client) OpenTap(ctx context.Context, name string) (*os.File, TapOpenRes
 	}
 	return files[0], r, nil
 }
+
+// DNSListen asks for UDP and TCP sockets bound to address:53 (a banger
+// bridge's address), returned open: udp first, then tcp.
+func (c *Client) DNSListen(ctx context.Context, address string) (udp, tcp *os.File, err error) {
+	p := DNSListenParams{Address: address}
+	if err := p.Validate(); err != nil {
+		return nil, nil, err
+	}
+	var r DNSListenResult
+	files, err := c.CallFiles(ctx, MethodDNSListen, p, &r)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(files) != 2 {
+		for _, f := range files {
+			f.Close()
+		}
+		return nil, nil, fmt.Errorf("dns.listen %s: got %d file descriptors, want 2", address, len(files))
+	}
+	return files[0], files[1], nil
+}

@@ -71,6 +71,10 @@ func TestUnprivilegedVMRun(t *testing.T) {
 			}
 		}
 	}
+	// DNS by name works too: the helper bound port 53 for the daemon.
+	if r := e.MustBanger("vm", "ssh", "u1", "--", "getent", "hosts", "u1.banger"); !strings.HasPrefix(r.Stdout, info.Runtime.GuestIP+" ") {
+		t.Fatalf("u1.banger resolves as %q, want %s", r.Stdout, info.Runtime.GuestIP)
+	}
 	// The helper saw calls from the daemon (uid 65534) only through its socket.
 	if log, _ := os.ReadFile(filepath.Join(helperDir, "helper.log")); !strings.Contains(string(log), `"method":"tap.open"`) {
 		t.Fatalf("helper log lacks the tap.open that passed the TAP to the unprivileged qemu:\n%s", log)
