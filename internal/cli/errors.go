@@ -1,10 +1,8 @@
 package cli
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/banger-dev/banger/internal/rpc"
 )
@@ -80,29 +78,12 @@ func (a *app) printError(err error) int {
 }
 
 // asErrorResponse turns any error into the wire form: a daemon error keeps
-// its code, op id and hint; a local one is classified and given the
-// invocation's op id.
+// its code, op id and hint (and any context the CLI wrapped around it); a
+// local one is classified and given the invocation's op id.
 func asErrorResponse(err error, opID string) *rpc.ErrorResponse {
 	var wire *rpc.ErrorResponse
-	if errors.As(err, &wire) {
-		out := *wire
-		if out.OpID == "" {
-			out.OpID = opID
-		}
-		// Keep any context the CLI wrapped around the daemon's error.
-		out.Message = trimOpID(err.Error(), out.OpID)
-		if out.Hint == "" {
-			out.Hint = rpc.HintOf(err)
-		}
-		return &out
+	if errors.As(err, &wire) && wire.OpID != "" {
+		opID = wire.OpID
 	}
-	code := rpc.CodeOf(err)
-	if errors.Is(err, context.DeadlineExceeded) {
-		code = rpc.CodeTimeout
-	}
-	return &rpc.ErrorResponse{Code: code, Message: err.Error(), Hint: rpc.HintOf(err), OpID: opID}
-}
-
-func trimOpID(msg, id string) string {
-	return strings.ReplaceAll(msg, " ("+id+")", "")
+	return rpc.NewErrorResponse(err, opID)
 }

@@ -48,13 +48,3 @@ func From(ctx context.Context) string {
 	id, _ := ctx.Value(ctxKey{}).(string)
 	return id
 }
-
-// Ensure returns ctx unchanged when it already carries an op id, and
-// otherwise a context carrying a new one.
-func Ensure(ctx context.Context) (context.Context, string) {
-	if id := From(ctx); id != "" {
-		return ctx, id
-	}
-	id := New()
-	return With(ctx, id), id
-}
