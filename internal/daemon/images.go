@@ -266,9 +266,15 @@ func (d *Daemon) runImageBuild(ctx context.Context, o *operation, p api.ImageBui
 	return img, err
 }
 
-// registerImage writes image.json (so a crash between here and the insert
-// is recoverable) and inserts the row.
+// registerImage reads the image's guest contract from its rootfs, writes
+// image.json (so a crash between here and the insert is recoverable) and
+// inserts the row.
 func (d *Daemon) registerImage(ctx context.Context, img *model.Image) error {
+	c, err := image.GuestContract(ctx, &runner.Exec{}, img.RootfsPath)
+	if err != nil {
+		return err
+	}
+	img.GuestContract = c
 	img.CreatedAt = time.Now().UTC()
 	meta, err := json.MarshalIndent(img, "", "  ")
 	if err != nil {

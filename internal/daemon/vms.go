@@ -257,15 +257,25 @@ func (d *Daemon) provisionAndBoot(ctx context.Context, o *operation, vm model.VM
 		if err != nil {
 			return "", err
 		}
-		fromSeed, err := disk.WorkDiskCached(ctx, r, img.WorkSeedPath, img.RootfsPath, img.Dir, vm.Runtime.WorkDiskPath, vm.Spec.DiskSizeBytes,
-			disk.Keys{AuthorizedKey: d.layout.SSHKey() + ".pub", HostKey: hostKey})
+		keys := disk.Keys{AuthorizedKey: d.layout.SSHKey() + ".pub"}
+		keyOn := "host key on the config disk"
+		if img.GuestContract >= guest.ContractConfigDisk {
+			if err := writeConfigDisk(vm, hostKey); err != nil {
+				return "", err
+			}
+		} else {
+			// An image built by an older banger: its banger-init reads
+			// the host key from the work disk.
+			keys.HostKey, keyOn = hostKey, "host key on the work disk"
+		}
+		fromSeed, err := disk.WorkDiskCached(ctx, r, img.WorkSeedPath, img.RootfsPath, img.Dir, vm.Runtime.WorkDiskPath, vm.Spec.DiskSizeBytes, keys)
 		if err != nil {
 			return "", err
 		}
 		if fromSeed {
-			return fmt.Sprintf("cloned from the work-seed, grown to %d MiB", vm.Spec.DiskSizeBytes>>20), nil
+			return fmt.Sprintf("cloned from the work-seed, grown to %d MiB; %s", vm.Spec.DiskSizeBytes>>20, keyOn), nil
 		}
-		return fmt.Sprintf("built from scratch (no work-seed), %d MiB", vm.Spec.DiskSizeBytes>>20), nil
+		return fmt.Sprintf("built from scratch (no work-seed), %d MiB; %s", vm.Spec.DiskSizeBytes>>20, keyOn), nil
 	}); err != nil {
 		return vm, err
 	}
@@ -434,10 +444,42 @@ func (d *Daemon) vmSpec(vm model.VM, img model.Image, accel string) (vmm.Spec, e
 		APISocket: vm.Runtime.APISockPath, LogPath: vm.Runtime.LogPath, ConsolePath: vm.Runtime.ConsolePath,
 		MetricsPath: vm.Runtime.MetricsPath, VSockPath: vm.Runtime.VSockPath, VSockCID: vm.Runtime.VSockCID,
 	}
+	if cfg := filepath.Join(dir, guest.ConfigDiskName); fileExists(cfg) {
+		s.Disks = append(s.Disks, vmm.Disk{ID: "config", Path: cfg, Format: "raw", ReadOnly: true})
+	}
 	if s.APISocket == "" {
 		s.APISocket = filepath.Join(dir, vmFileQMP)
 	}
 	return s, nil
+}
+
+// writeConfigDisk writes the VM's config disk (guest.ConfigDisk) with the
+// host key pair at hostKey, hostKey.pub: 0600, written to a temporary name
+// and renamed, so a crash never leaves half of one.
+func writeConfigDisk(vm model.VM, hostKey string) error {
+	priv, err := os.ReadFile(hostKey)
+	if err != nil {
+		return err
+	}
+	pub, err := os.ReadFile(hostKey + ".pub")
+	if err != nil {
+		return err
+	}
+	data, err := guest.ConfigDisk(priv, pub)
+	if err != nil {
+		return err
+	}
+	p := filepath.Join(vm.Runtime.VMDir, guest.ConfigDiskName)
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("writing the config disk: %w", err)
+	}
+	return os.Rename(tmp, p)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 func hostTSCKHz() uint32 {
@@ -546,7 +588,8 @@ func vmmSpecFor(vm model.VM) vmm.Spec {
 // makeHostKey makes the VM's SSH host key on the host (fast, unlike key
 // generation in a TCG guest) and pins it in the VM's known_hosts under its
 // address, so the very first connection is checked: no trust on first use.
-// The guest installs the key from its work disk at boot.
+// The guest installs the key from its config disk (or, for images of the
+// older contract, its work disk) at boot.
 func (d *Daemon) makeHostKey(ctx context.Context, vm model.VM) (string, error) {
 	key := filepath.Join(vm.Runtime.VMDir, "ssh_host_ed25519_key")
 	os.Remove(key)

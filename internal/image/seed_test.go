@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/runner"
 )
 
@@ -65,5 +66,50 @@ func TestMakeWorkSeedReal(t *testing.T) {
 	st, err := r.Run(context.Background(), "debugfs", "-R", "stat /.profile", seed)
 	if err != nil || !strings.Contains(string(st), "User:     0") {
 		t.Fatalf("owner not root: %s", st)
+	}
+}
+
+// TestGuestContractReal reads banger-init out of real ext4 images: this
+// build's, an older one without the contract line, and none at all.
+func TestGuestContractReal(t *testing.T) {
+	for _, tool := range []string{"mke2fs", "debugfs"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	current := guest.Embedded()["banger-init"]
+	for name, tc := range map[string]struct {
+		init []byte // nil: no banger-init in the image
+		want int
+	}{
+		"current": {current, guest.Contract},
+		"older":   {[]byte("#!/bin/sh\n# banger guest init\nexit 0\n"), guest.ContractWorkDisk},
+		"none":    {nil, guest.ContractWorkDisk},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			tree := filepath.Join(dir, "tree")
+			os.MkdirAll(filepath.Join(tree, "usr", "local", "sbin"), 0o755)
+			if tc.init != nil {
+				os.WriteFile(filepath.Join(tree, "usr", "local", "sbin", "banger-init"), tc.init, 0o755)
+			}
+			rootfs := filepath.Join(dir, "rootfs.ext4")
+			r := &runner.Exec{}
+			if _, err := r.Run(context.Background(), "mke2fs", "-q", "-F", "-t", "ext4", "-d", tree, rootfs, "8M"); err != nil {
+				t.Fatal(err)
+			}
+			got, err := GuestContract(context.Background(), r, rootfs)
+			if err != nil || got != tc.want {
+				t.Errorf("GuestContract = %d, %v; want %d", got, err, tc.want)
+			}
+		})
+	}
+	if _, err := GuestContract(context.Background(), &runner.Exec{}, "/nonexistent/rootfs.ext4"); err == nil {
+		t.Error("GuestContract of a missing rootfs: no error")
+	}
+	junk := filepath.Join(t.TempDir(), "junk.ext4")
+	os.WriteFile(junk, make([]byte, 64<<10), 0o644)
+	if _, err := GuestContract(context.Background(), &runner.Exec{}, junk); err == nil || !strings.Contains(err.Error(), "not an ext4") {
+		t.Errorf("GuestContract of zeros: %v, want not an ext4", err)
 	}
 }

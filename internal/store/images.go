@@ -29,6 +29,7 @@ func imageFields(img *model.Image) []field {
 		{"vmlinux_path", &img.VmlinuxPath},
 		{"initrd_path", &img.InitrdPath},
 		{"build_log_path", &img.BuildLogPath},
+		{"guest_contract", &img.GuestContract},
 		{"created_at", timeCol{&img.CreatedAt}},
 	}
 }

@@ -85,6 +85,12 @@ CREATE INDEX vms_image ON vms (image);`,
 		name: "vms: stages of the last boot",
 		sql:  `ALTER TABLE vms ADD COLUMN last_boot TEXT NOT NULL DEFAULT '[]';`,
 	},
+	{
+		// Images registered before have banger-inits that read the host
+		// key from the work disk: guest.ContractWorkDisk.
+		name: "images: guest contract",
+		sql:  `ALTER TABLE images ADD COLUMN guest_contract INTEGER NOT NULL DEFAULT 1;`,
+	},
 }
 
 // schemaVersion reads PRAGMA user_version.

@@ -61,7 +61,7 @@ var seeds = []seed{
 				t.Fatal(err)
 			}
 			want := time.Date(2024, 1, 2, 3, 4, 5, 1, time.UTC)
-			if img.Dir != "/old" || img.RootfsSize != 42 || img.KernelPath != "/old/vmlinuz" || !img.CreatedAt.Equal(want) {
+			if img.Dir != "/old" || img.RootfsSize != 42 || img.KernelPath != "/old/vmlinuz" || !img.CreatedAt.Equal(want) || img.GuestContract != 1 {
 				t.Errorf("v1 image after upgrade: %+v", img)
 			}
 		},

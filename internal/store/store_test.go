@@ -47,6 +47,7 @@ func fullImage(name string) model.Image {
 		VmlinuxPath:   "/state/images/" + name + "/vmlinux",
 		InitrdPath:    "/state/images/" + name + "/initrd.img",
 		BuildLogPath:  "/state/images/" + name + "/build.log",
+		GuestContract: 2,
 		CreatedAt:     someTime,
 	}
 }

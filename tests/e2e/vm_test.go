@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/testutil"
 	"github.com/banger-dev/banger/tests/harness"
@@ -24,7 +27,7 @@ func TestVMLifecycle(t *testing.T) {
 	e := newVMEnv(t, image)
 	var img api.ImageInfo
 	e.JSON(&img, "image", "show", "default")
-	if img.KernelVersion == "" || img.RootfsSHA256 == "" || !img.HasWorkSeed() || !isELF(img.VmlinuxPath) {
+	if img.KernelVersion == "" || img.RootfsSHA256 == "" || !img.HasWorkSeed() || !isELF(img.VmlinuxPath) || img.GuestContract != guest.Contract {
 		t.Fatalf("image metadata: %+v", img)
 	}
 
@@ -48,6 +51,7 @@ func TestVMLifecycle(t *testing.T) {
 		t.Fatalf("running VM: %+v", info)
 	}
 	tap := info.Handles.TapDevice
+	checkHostKey(t, e, info, "config disk")
 	// /root is the work disk and survives stop and start.
 	e.MustBanger("vm", "ssh", "t1", "--", "sh", "-c", "findmnt -no SOURCE /root && echo kept > /root/marker && sync")
 	e.MustBanger("vm", "stop", "t1")
@@ -91,4 +95,72 @@ func TestVMLifecycle(t *testing.T) {
 	if pids := vmmProcesses(dir); len(pids) > 0 {
 		t.Fatalf("VMM processes left: %v", pids)
 	}
+}
+
+// checkHostKey checks that the VM's sshd serves the host key banger made
+// and pinned (vm ssh checks it too: StrictHostKeyChecking=yes), that it
+// came the way the create's work disk stage says (on), and that only a VM
+// of the older contract has it on its work disk.
+func checkHostKey(t *testing.T, e *harness.Env, info api.VMInfo, on string) {
+	t.Helper()
+	var detail string
+	for _, st := range info.Runtime.LastBoot {
+		if st.Name == "work disk" {
+			detail = st.Detail
+		}
+	}
+	if !strings.Contains(detail, "host key on the "+on) {
+		t.Errorf("work disk stage %q does not say the host key is on the %s", detail, on)
+	}
+	pub, err := os.ReadFile(filepath.Join(info.Runtime.VMDir, "ssh_host_ed25519_key.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := e.MustBanger("vm", "ssh", info.Name, "--", "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
+	if r.Stdout != string(pub) {
+		t.Errorf("guest's host key %q, banger made %q", r.Stdout, pub)
+	}
+	onWork := e.Banger("vm", "ssh", info.Name, "--", "test", "-e", "/root/.banger").Code == 0
+	_, err = os.Stat(filepath.Join(info.Runtime.VMDir, guest.ConfigDiskName))
+	hasConfig := err == nil
+	if want := on == "work disk"; onWork != want || hasConfig == want {
+		t.Errorf("key on the work disk: %v, config disk present: %v; want the key on the %s only", onWork, hasConfig, on)
+	}
+}
+
+// TestOlderGuestContract: an image built before the config disk (its
+// banger-init, kept in testdata, reads the host key from /root/.banger)
+// still gets VMs whose sshd serves the pinned key.
+func TestOlderGuestContract(t *testing.T) {
+	requireE2E(t)
+	image := ensureImage(t)
+	if !testutil.InNetNS(t) {
+		return
+	}
+	dir := t.TempDir()
+	rootfs := filepath.Join(dir, "rootfs.ext4")
+	if b, err := exec.Command("cp", "--sparse=always", filepath.Join(image, "rootfs.ext4"), rootfs).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, b)
+	}
+	old, err := filepath.Abs("testdata/banger-init-contract1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(dir, "cmds")
+	os.WriteFile(script, []byte("rm /usr/local/sbin/banger-init\nwrite "+old+" /usr/local/sbin/banger-init\nsif /usr/local/sbin/banger-init mode 0100755\n"), 0o600)
+	if b, err := exec.Command("debugfs", "-w", "-f", script, rootfs).CombinedOutput(); err != nil {
+		t.Fatalf("debugfs: %v: %s", err, b)
+	}
+	e := newVMEnv(t, image)
+	e.MustBanger("image", "import", "--name", "old", "--rootfs", rootfs, "--kernel", filepath.Join(image, "vmlinuz"),
+		"--initrd", filepath.Join(image, "initrd.img"), "--work-seed", filepath.Join(image, "work-seed.ext4"))
+	var img api.ImageInfo
+	e.JSON(&img, "image", "show", "old")
+	if img.GuestContract != guest.ContractWorkDisk {
+		t.Fatalf("image with the older banger-init: guest contract %d, want %d", img.GuestContract, guest.ContractWorkDisk)
+	}
+	var info api.VMInfo
+	e.JSON(&info, "vm", "create", "--name", "old1", "--image", "old")
+	checkHostKey(t, e, info, "work disk")
+	e.MustBanger("vm", "delete", "old1")
 }

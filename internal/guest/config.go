@@ -1,0 +1,90 @@
+package guest
+
+import (
+	"archive/tar"
+	"bytes"
+	"fmt"
+	"regexp"
+	"strconv"
+	"time"
+)
+
+// Guest contracts: how a VM's secrets reach the guest. An image records the
+// contract its banger-init implements (ContractOf, at registration), and
+// the daemon provisions each VM to match, so images built by an older
+// banger keep working.
+const (
+	// ContractWorkDisk: the VM's ssh host key is written into its work
+	// disk, /root/.banger, with debugfs (banger before the config disk).
+	ContractWorkDisk = 1
+	// ContractConfigDisk: the host key comes on the config disk, a small
+	// read-only third disk (vdc) holding a tar archive (ConfigDisk); the
+	// work disk is a plain clone of the image's seed.
+	ContractConfigDisk = 2
+	// Contract is what this build's banger-init implements.
+	Contract = ContractConfigDisk
+)
+
+// contractRE matches banger-init's contract line; its absence means
+// ContractWorkDisk.
+var contractRE = regexp.MustCompile(`(?m)^# banger-guest-contract: ([0-9]+)$`)
+
+// ContractOf reads the guest contract from the text of an image's
+// /usr/local/sbin/banger-init.
+func ContractOf(bangerInit []byte) int {
+	m := contractRE.FindSubmatch(bangerInit)
+	if m == nil {
+		return ContractWorkDisk
+	}
+	n, err := strconv.Atoi(string(m[1]))
+	if err != nil || n < ContractWorkDisk {
+		return ContractWorkDisk
+	}
+	return n
+}
+
+// ConfigDiskName is the file name of a VM's config disk in its directory.
+const ConfigDiskName = "config.tar"
+
+// configMarker is the first entry of every config disk: banger-init checks
+// for it before trusting the rest.
+const configMarker = "banger-config"
+
+// ConfigDisk renders a VM's config disk: a tar archive holding the marker
+// and the VM's ssh host key pair, padded to whole 4 KiB blocks so any VMM
+// takes it as a raw disk. The guest extracts it with tar from /dev/vdc.
+// Made in microseconds, it keeps per-VM secrets off the work disk (which is
+// then a plain clone of the image's seed) and off the kernel command line
+// (which every user of the host can read in ps).
+func ConfigDisk(hostKey, hostKeyPub []byte) ([]byte, error) {
+	if len(hostKey) == 0 || len(hostKeyPub) == 0 {
+		return nil, fmt.Errorf("config disk: empty host key")
+	}
+	var buf bytes.Buffer
+	w := tar.NewWriter(&buf)
+	when := time.Unix(0, 0)
+	for _, f := range []struct {
+		name string
+		mode int64
+		data []byte
+	}{
+		{configMarker, 0o644, []byte(strconv.Itoa(Contract) + "\n")},
+		{"ssh_host_ed25519_key", 0o600, hostKey},
+		{"ssh_host_ed25519_key.pub", 0o644, hostKeyPub},
+	} {
+		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: f.mode, Size: int64(len(f.data)), ModTime: when, Format: tar.FormatUSTAR}
+		if err := w.WriteHeader(hdr); err != nil {
+			return nil, err
+		}
+		if _, err := w.Write(f.data); err != nil {
+			return nil, err
+		}
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	if pad := buf.Len() % 4096; pad != 0 {
+		buf.Write(make([]byte, 4096-pad))
+	}
+	return buf.Bytes(), nil
+}

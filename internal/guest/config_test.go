@@ -1,0 +1,86 @@
+package guest
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// The config disk is read in the guest by GNU tar straight from the block
+// device: extract it the same way here and check what lands.
+func TestConfigDiskExtractsWithTar(t *testing.T) {
+	if _, err := exec.LookPath("tar"); err != nil {
+		t.Skip("no tar on this host")
+	}
+	priv, pub := []byte("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"), []byte("ssh-ed25519 AAAA banger-demo\n")
+	data, err := ConfigDisk(priv, pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data)%4096 != 0 {
+		t.Errorf("config disk is %d bytes, not whole 4 KiB blocks", len(data))
+	}
+	dir := t.TempDir()
+	dev := filepath.Join(dir, "vdc")
+	if err := os.WriteFile(dev, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	os.Mkdir(out, 0o700)
+	// The flags banger-init uses.
+	if b, err := exec.Command("tar", "-xf", dev, "-C", out, "--no-same-owner").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v: %s", err, b)
+	}
+	for name, want := range map[string]struct {
+		data []byte
+		mode os.FileMode
+	}{
+		"banger-config":            {[]byte("2\n"), 0o644},
+		"ssh_host_ed25519_key":     {priv, 0o600},
+		"ssh_host_ed25519_key.pub": {pub, 0o644},
+	} {
+		p := filepath.Join(out, name)
+		got, err := os.ReadFile(p)
+		if err != nil || !bytes.Equal(got, want.data) {
+			t.Errorf("%s: %q, %v; want %q", name, got, err, want.data)
+			continue
+		}
+		// umask may only clear bits; the private key must never be more open.
+		if st, _ := os.Stat(p); st.Mode().Perm()&^want.mode != 0 {
+			t.Errorf("%s: mode %v, want at most %v", name, st.Mode().Perm(), want.mode)
+		}
+	}
+	entries, _ := os.ReadDir(out)
+	if len(entries) != 3 {
+		t.Errorf("extracted %d entries, want 3", len(entries))
+	}
+}
+
+func TestConfigDiskRefusesEmptyKey(t *testing.T) {
+	if _, err := ConfigDisk(nil, []byte("x")); err == nil {
+		t.Error("ConfigDisk with no private key: no error")
+	}
+	if _, err := ConfigDisk([]byte("x"), nil); err == nil {
+		t.Error("ConfigDisk with no public key: no error")
+	}
+}
+
+func TestContractOf(t *testing.T) {
+	if got := ContractOf(mustRead("banger-init")); got != Contract {
+		t.Errorf("this build's banger-init says contract %d, want %d", got, Contract)
+	}
+	for in, want := range map[string]int{
+		"":                           ContractWorkDisk,
+		"#!/bin/sh\necho old init\n": ContractWorkDisk,
+		"#!/bin/sh\n# banger-guest-contract: 2\n":  ContractConfigDisk,
+		"#!/bin/sh\n# banger-guest-contract: 0\n":  ContractWorkDisk,
+		"#!/bin/sh\n# banger-guest-contract: 2x\n": ContractWorkDisk,
+		"#!/bin/sh\n#  banger-guest-contract: 2\n": ContractWorkDisk,
+	} {
+		if got := ContractOf([]byte(in)); got != want {
+			t.Errorf("ContractOf(%q) = %d, want %d", in, got, want)
+		}
+	}
+}
