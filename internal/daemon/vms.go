@@ -17,6 +17,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/disk"
 	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/rpc"
 	"github.com/banger-dev/banger/internal/runner"
@@ -379,7 +380,7 @@ func (d *Daemon) bootVM(ctx context.Context, o *operation, vm model.VM, img mode
 		if err := d.store.UpdateVM(ctx, &vm); err != nil {
 			return "", err
 		}
-		return fmt.Sprintf("%s (%s), pid %d", driver.Name(), accel, pid), nil
+		return fmt.Sprintf("%s (%s), pid %d, kernel %s", driver.Name(), accel, pid, kernelKind(spec.Kernel, img)), nil
 	}); err != nil {
 		return vm, err
 	}
@@ -423,6 +424,11 @@ func (d *Daemon) vmSpec(vm model.VM, img model.Image, accel string) (vmm.Spec, e
 		return vmm.Spec{}, err
 	}
 	kernel := img.KernelPath
+	if vm.VMM == "qemu" && img.VmlinuxPath != "" && image.HasPVHEntry(img.VmlinuxPath) {
+		// The ELF kernel through its PVH entry: no self-decompression
+		// in the guest (0.3 to 0.5 s under TCG).
+		kernel = img.VmlinuxPath
+	}
 	if vm.VMM == "firecracker" {
 		// Firecracker boots the ELF kernel, and exits when the guest
 		// reboots: Ctrl-Alt-Del is its graceful stop.
@@ -480,6 +486,17 @@ func writeConfigDisk(vm model.VM, hostKey string) error {
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+// kernelKind names the kernel file a VM boots, for the vmm start stage.
+func kernelKind(kernel string, img model.Image) string {
+	switch {
+	case kernel == img.VmlinuxPath && image.HasPVHEntry(kernel):
+		return "vmlinux (PVH entry)"
+	case kernel == img.VmlinuxPath:
+		return "vmlinux"
+	}
+	return "bzImage"
 }
 
 func hostTSCKHz() uint32 {

@@ -46,16 +46,18 @@ func ContractOf(bangerInit []byte) int {
 // ConfigDiskName is the file name of a VM's config disk in its directory.
 const ConfigDiskName = "config.tar"
 
-// configMarker is the first entry of every config disk: banger-init checks
-// for it before trusting the rest.
-const configMarker = "banger-config"
+// ConfigDir is the one directory of a config disk's archive; banger-init
+// extracts it to /run/banger-config and checks for its contract file before
+// trusting the rest.
+const ConfigDir = "banger-config"
 
-// ConfigDisk renders a VM's config disk: a tar archive holding the marker
-// and the VM's ssh host key pair, padded to whole 4 KiB blocks so any VMM
-// takes it as a raw disk. The guest extracts it with tar from /dev/vdc.
-// Made in microseconds, it keeps per-VM secrets off the work disk (which is
-// then a plain clone of the image's seed) and off the kernel command line
-// (which every user of the host can read in ps).
+// ConfigDisk renders a VM's config disk: a tar archive holding ConfigDir
+// (0700) with the contract number and the VM's ssh host key pair, padded to
+// whole 4 KiB blocks so any VMM takes it as a raw disk. The guest extracts
+// it with tar from /dev/vdc. Made in microseconds, it keeps per-VM secrets
+// off the work disk (which is then a plain clone of the image's seed) and
+// off the kernel command line (which every user of the host can read in
+// ps).
 func ConfigDisk(hostKey, hostKeyPub []byte) ([]byte, error) {
 	if len(hostKey) == 0 || len(hostKeyPub) == 0 {
 		return nil, fmt.Errorf("config disk: empty host key")
@@ -63,16 +65,19 @@ func ConfigDisk(hostKey, hostKeyPub []byte) ([]byte, error) {
 	var buf bytes.Buffer
 	w := tar.NewWriter(&buf)
 	when := time.Unix(0, 0)
+	if err := w.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: ConfigDir + "/", Mode: 0o700, ModTime: when, Format: tar.FormatUSTAR}); err != nil {
+		return nil, err
+	}
 	for _, f := range []struct {
 		name string
 		mode int64
 		data []byte
 	}{
-		{configMarker, 0o644, []byte(strconv.Itoa(Contract) + "\n")},
+		{"contract", 0o644, []byte(strconv.Itoa(Contract) + "\n")},
 		{"ssh_host_ed25519_key", 0o600, hostKey},
 		{"ssh_host_ed25519_key.pub", 0o644, hostKeyPub},
 	} {
-		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: f.mode, Size: int64(len(f.data)), ModTime: when, Format: tar.FormatUSTAR}
+		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: ConfigDir + "/" + f.name, Mode: f.mode, Size: int64(len(f.data)), ModTime: when, Format: tar.FormatUSTAR}
 		if err := w.WriteHeader(hdr); err != nil {
 			return nil, err
 		}

@@ -27,17 +27,18 @@ func TestConfigDiskExtractsWithTar(t *testing.T) {
 	if err := os.WriteFile(dev, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(dir, "out")
-	os.Mkdir(out, 0o700)
-	// The flags banger-init uses.
-	if b, err := exec.Command("tar", "-xf", dev, "-C", out, "--no-same-owner").CombinedOutput(); err != nil {
+	run := filepath.Join(dir, "run")
+	os.Mkdir(run, 0o755)
+	// As banger-init does it, into /run.
+	if b, err := exec.Command("tar", "-xf", dev, "-C", run, "--no-same-owner", "banger-config").CombinedOutput(); err != nil {
 		t.Fatalf("tar: %v: %s", err, b)
 	}
+	out := filepath.Join(run, ConfigDir)
 	for name, want := range map[string]struct {
 		data []byte
 		mode os.FileMode
 	}{
-		"banger-config":            {[]byte("2\n"), 0o644},
+		"contract":                 {[]byte("2\n"), 0o644},
 		"ssh_host_ed25519_key":     {priv, 0o600},
 		"ssh_host_ed25519_key.pub": {pub, 0o644},
 	} {
@@ -52,9 +53,13 @@ func TestConfigDiskExtractsWithTar(t *testing.T) {
 			t.Errorf("%s: mode %v, want at most %v", name, st.Mode().Perm(), want.mode)
 		}
 	}
+	if st, err := os.Stat(out); err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("%s: %v, %v; want a 0700 directory", out, st, err)
+	}
 	entries, _ := os.ReadDir(out)
-	if len(entries) != 3 {
-		t.Errorf("extracted %d entries, want 3", len(entries))
+	top, _ := os.ReadDir(run)
+	if len(entries) != 3 || len(top) != 1 {
+		t.Errorf("extracted %d entries in %d top-level ones, want 3 in 1", len(entries), len(top))
 	}
 }
 

@@ -112,7 +112,36 @@ var MaskedUnits = []string{
 	"systemd-ask-password-wall.path",
 	"getty-static.service",
 	"systemd-firstboot.service",
+	// Creates the users of sysusers.d, which a built image already has
+	// (package scripts run systemd-sysusers themselves).
+	"systemd-sysusers.service",
 }
+
+// MaskedGenerators are the systemd generators linked to /dev/null in the
+// lean image's /etc/systemd/system-generators. Each is a process systemd
+// runs before it loads a single unit, tens of milliseconds apiece under
+// TCG, and none has anything to do in a banger VM: no crypttab, integrity
+// or verity tables, no GPT root discovery, no hibernation, no offline
+// updates, no gettys on consoles (banger-console is the one), no kernel
+// command line debugging switches (banger writes the command line), no
+// /etc/rc.local or SysV-only init scripts in the image. The fstab
+// generator stays: it mounts what users add to /etc/fstab.
+var MaskedGenerators = []string{
+	"systemd-bless-boot-generator",
+	"systemd-cryptsetup-generator",
+	"systemd-debug-generator",
+	"systemd-getty-generator",
+	"systemd-gpt-auto-generator",
+	"systemd-hibernate-resume-generator",
+	"systemd-integritysetup-generator",
+	"systemd-rc-local-generator",
+	"systemd-run-generator",
+	"systemd-system-update-generator",
+	"systemd-sysv-generator",
+	"systemd-veritysetup-generator",
+}
+
+const generatorDir = "/etc/systemd/system-generators"
 
 // EnabledUnits are banger's own units and the targets that want them
 // (enabled with a symlink in TARGET.wants, as systemctl enable would).
@@ -181,6 +210,8 @@ func Files() []File {
 		reg(unitDir+"/banger-init.service", 0o644, "banger-init.service"),
 		reg(unitDir+"/banger-powerbtn.service", 0o644, "banger-powerbtn.service"),
 		reg(unitDir+"/banger-console.service", 0o644, "banger-console.service"),
+		{Path: unitDir + "/ssh.service.d", Mode: fs.ModeDir | 0o755},
+		reg(unitDir+"/ssh.service.d/banger.conf", 0o644, "ssh-banger.conf"),
 		{Path: "/etc/ssh/sshd_config.d", Mode: fs.ModeDir | 0o755},
 		reg("/etc/ssh/sshd_config.d/banger.conf", 0o644, "sshd-banger.conf"),
 		{Path: "/etc/systemd/journald.conf.d", Mode: fs.ModeDir | 0o755},
@@ -207,6 +238,10 @@ func Files() []File {
 	for _, u := range MaskedUnits {
 		files = append(files, File{Path: unitDir + "/" + u, Mode: fs.ModeSymlink | 0o777, Target: "/dev/null"})
 	}
+	files = append(files, File{Path: generatorDir, Mode: fs.ModeDir | 0o755})
+	for _, g := range MaskedGenerators {
+		files = append(files, File{Path: generatorDir + "/" + g, Mode: fs.ModeSymlink | 0o777, Target: "/dev/null"})
+	}
 	return files
 }
 
@@ -228,8 +263,9 @@ const (
 func ValidVariant(v string) bool { return v == "" || v == VariantLean || v == VariantStock }
 
 // FilesFor returns the entries of the image variant v: Files() for lean;
-// for stock, the same without the masks, the console and journal drop-ins,
-// and with an fstab that mounts and checks both disks at boot.
+// for stock, the same without the masks (of units and generators), the
+// console, the journal and ssh drop-ins, and with an fstab that mounts and
+// checks both disks at boot, banger-init ordered after it.
 func FilesFor(v string) []File {
 	if v != VariantStock {
 		return Files()
@@ -240,9 +276,15 @@ func FilesFor(v string) []File {
 		unitDir + "/multi-user.target.wants/banger-console.service": true,
 		"/etc/systemd/journald.conf.d":                              true,
 		"/etc/systemd/journald.conf.d/banger.conf":                  true,
+		unitDir + "/ssh.service.d":                                  true,
+		unitDir + "/ssh.service.d/banger.conf":                      true,
+		generatorDir:                                                true,
 	}
 	for _, u := range MaskedUnits {
 		skip[unitDir+"/"+u] = true
+	}
+	for _, g := range MaskedGenerators {
+		skip[generatorDir+"/"+g] = true
 	}
 	var out []File
 	for _, f := range Files() {
@@ -250,7 +292,11 @@ func FilesFor(v string) []File {
 			out = append(out, f)
 		}
 	}
-	return append(out, File{Path: "/etc/fstab", Mode: 0o644, Content: mustRead("fstab-stock")})
+	return append(out,
+		File{Path: "/etc/fstab", Mode: 0o644, Content: mustRead("fstab-stock")},
+		File{Path: unitDir + "/banger-init.service.d", Mode: fs.ModeDir | 0o755},
+		File{Path: unitDir + "/banger-init.service.d/stock.conf", Mode: 0o644, Content: mustRead("banger-init-stock.conf")},
+	)
 }
 
 // Embedded returns the embedded source files by name (for tests and

@@ -333,6 +333,30 @@ func TestStockVariantFiles(t *testing.T) {
 			t.Errorf("stock masks %s", u)
 		}
 	}
+	for p := range byPath {
+		if strings.HasPrefix(p, "/etc/systemd/system-generators") || strings.HasPrefix(p, "/etc/systemd/system/ssh.service.d") {
+			t.Errorf("stock has the lean image's %s", p)
+		}
+	}
+	// fstab mounts /root in stock: banger-init must run after it.
+	if f := byPath["/etc/systemd/system/banger-init.service.d/stock.conf"]; !strings.Contains(string(f.Content), "After=local-fs.target") {
+		t.Errorf("stock's banger-init drop-in: %q", f.Content)
+	}
+	leanPaths := map[string]File{}
+	for _, f := range lean {
+		leanPaths[f.Path] = f
+	}
+	for _, g := range MaskedGenerators {
+		if f, ok := leanPaths["/etc/systemd/system-generators/"+g]; !ok || !f.IsSymlink() || f.Target != "/dev/null" {
+			t.Errorf("lean does not mask the generator %s: %+v", g, f)
+		}
+	}
+	if slices.Contains(MaskedGenerators, "systemd-fstab-generator") {
+		t.Error("the fstab generator is masked: users' fstab entries would not mount")
+	}
+	if f := leanPaths["/etc/systemd/system/ssh.service.d/banger.conf"]; !strings.Contains(string(f.Content), "\nExecStartPre=\n") {
+		t.Errorf("lean ssh drop-in: %q", f.Content)
+	}
 	if f := byPath["/etc/fstab"]; !strings.Contains(string(f.Content), "/dev/vdb\t/root\text4\tdefaults,noatime\t0\t2") {
 		t.Errorf("stock fstab: %q", f.Content)
 	}

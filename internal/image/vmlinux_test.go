@@ -120,3 +120,61 @@ func TestKernelVersionFromHeader(t *testing.T) {
 		t.Fatalf("version %q", v)
 	}
 }
+
+// noteELF is an ELF64 file whose one program header is a PT_NOTE segment
+// holding notes.
+func noteELF(notes []byte) []byte {
+	b := fakeELF(64 + 56)
+	le := binary.LittleEndian
+	le.PutUint64(b[32:], 64) // phoff
+	le.PutUint16(b[54:], 56) // phentsize
+	le.PutUint16(b[56:], 1)  // phnum
+	ph := b[64:]
+	le.PutUint32(ph[0:], 4)                   // PT_NOTE
+	le.PutUint64(ph[8:], 64+56)               // offset
+	le.PutUint64(ph[32:], uint64(len(notes))) // filesz
+	le.PutUint64(ph[40:], uint64(len(notes))) // memsz
+	return append(b, notes...)
+}
+
+func note(name string, typ uint32, desc []byte) []byte {
+	pad := func(b []byte) []byte {
+		for len(b)%4 != 0 {
+			b = append(b, 0)
+		}
+		return b
+	}
+	n := append([]byte(name), 0)
+	h := make([]byte, 12)
+	binary.LittleEndian.PutUint32(h, uint32(len(n)))
+	binary.LittleEndian.PutUint32(h[4:], uint32(len(desc)))
+	binary.LittleEndian.PutUint32(h[8:], typ)
+	return append(append(h, pad(n)...), pad(desc)...)
+}
+
+func TestHasPVHEntry(t *testing.T) {
+	entry := []byte{0x50, 0x08, 0x00, 0x01, 0, 0, 0, 0}
+	dir := t.TempDir()
+	for name, tc := range map[string]struct {
+		data []byte
+		want bool
+	}{
+		"pvh after other notes": {noteELF(append(append(note("GNU", 3, []byte("build-id")), note("Xen", 6, []byte("linux\x00"))...), note("Xen", 18, entry)...)), true},
+		"xen notes, no pvh":     {noteELF(note("Xen", 6, []byte("linux\x00"))), false},
+		"pvh type, other owner": {noteELF(note("GNU", 18, entry)), false},
+		"truncated note":        {noteELF(note("Xen", 18, entry)[:14]), false},
+		"no notes":              {fakeELF(128), false},
+		"not elf":               {[]byte("MZ not an elf at all"), false},
+	} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, tc.data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got := HasPVHEntry(p); got != tc.want {
+			t.Errorf("%s: HasPVHEntry = %v, want %v", name, got, tc.want)
+		}
+	}
+	if HasPVHEntry(filepath.Join(dir, "missing")) {
+		t.Error("a missing file has a PVH entry")
+	}
+}

@@ -27,6 +27,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/disk"
 	"github.com/banger-dev/banger/internal/guest"
+	bimage "github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/runner"
 	"github.com/banger-dev/banger/internal/store"
@@ -204,8 +205,9 @@ func TestBenchCreate(t *testing.T) {
 }
 
 // baseline boots the image with qemu's own command line (the argv banger's
-// driver builds, minus banger) on a qcow2 overlay and a seed-made work
-// disk, with a TAP on a bridge of its own, and times it to SSH-ready.
+// driver builds, minus banger) on a qcow2 overlay, a seed-made work disk
+// and a config disk, with a TAP on a bridge of its own, and times it to
+// SSH-ready.
 func baseline(t *testing.T, image string, runs int, name string) series {
 	dir := t.TempDir()
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "bbase0"}}
@@ -228,6 +230,12 @@ func baseline(t *testing.T, image string, runs int, name string) series {
 	if _, err := (&runner.Exec{}).Run(context.Background(), "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key); err != nil {
 		t.Fatal(err)
 	}
+	// The kernel banger's qemu driver would boot: the vmlinux through its
+	// PVH entry when it has one, else the bzImage.
+	kernel := filepath.Join(dir, "vmlinux")
+	if err := bimage.ExtractVmlinux(filepath.Join(image, "vmlinuz"), kernel); err != nil || !bimage.HasPVHEntry(kernel) {
+		kernel = filepath.Join(image, "vmlinuz")
+	}
 	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
 	khz, _ := guest.ParseTSCKHz(nil, cpuinfo)
 	var samples []float64
@@ -244,11 +252,28 @@ func baseline(t *testing.T, image string, runs int, name string) series {
 		if _, err := disk.WorkDisk(ctx, r, filepath.Join(image, "work-seed.ext4"), "", work, 1<<30, disk.Keys{AuthorizedKey: key + ".pub"}); err != nil {
 			t.Fatal(err)
 		}
+		// The host key on a config disk, as banger passes it (without
+		// one the guest would make its own, slowly).
+		hostKey := filepath.Join(run, "ssh_host_ed25519_key")
+		if _, err := r.Run(ctx, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", hostKey); err != nil {
+			t.Fatal(err)
+		}
+		priv, _ := os.ReadFile(hostKey)
+		pub, _ := os.ReadFile(hostKey + ".pub")
+		config, err := guest.ConfigDisk(priv, pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		configPath := filepath.Join(run, guest.ConfigDiskName)
+		if err := os.WriteFile(configPath, config, 0o600); err != nil {
+			t.Fatal(err)
+		}
 		cmdline, _ := guest.KernelCmdline(guest.Settings{IP: mustPrefix("10.231.21.2/24"), Gateway: mustAddr("10.231.21.1"), Hostname: "base", TSCKHz: khz})
 		args, err := qemu.Args(vmm.Spec{
-			Name: "base", VCPUs: 2, MemoryMiB: 512, Kernel: filepath.Join(image, "vmlinuz"), Initrd: filepath.Join(image, "initrd.img"),
+			Name: "base", VCPUs: 2, MemoryMiB: 512, Kernel: kernel, Initrd: filepath.Join(image, "initrd.img"),
 			Cmdline: cmdline, Accel: "tcg", TapName: "tbase0", MAC: "02:00:00:00:00:99",
-			Disks:     []vmm.Disk{{ID: "rootfs", Path: root, Format: "qcow2"}, {ID: "work", Path: work, Format: "raw"}},
+			Disks: []vmm.Disk{{ID: "rootfs", Path: root, Format: "qcow2"}, {ID: "work", Path: work, Format: "raw"},
+				{ID: "config", Path: configPath, Format: "raw", ReadOnly: true}},
 			APISocket: filepath.Join(run, "qmp.sock"), ConsolePath: filepath.Join(run, "console.log"),
 		})
 		if err != nil {

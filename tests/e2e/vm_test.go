@@ -52,6 +52,13 @@ func TestVMLifecycle(t *testing.T) {
 	}
 	tap := info.Handles.TapDevice
 	checkHostKey(t, e, info, "config disk")
+	// qemu boots the image's vmlinux through its PVH entry (Debian's
+	// kernel has one), not the self-decompressing bzImage.
+	for _, st := range info.Runtime.LastBoot {
+		if st.Name == "vmm start" && !strings.Contains(st.Detail, "kernel vmlinux (PVH entry)") {
+			t.Errorf("vmm start: %q, want the vmlinux booted through PVH", st.Detail)
+		}
+	}
 	// /root is the work disk and survives stop and start.
 	e.MustBanger("vm", "ssh", "t1", "--", "sh", "-c", "findmnt -no SOURCE /root && echo kept > /root/marker && sync")
 	e.MustBanger("vm", "stop", "t1")
