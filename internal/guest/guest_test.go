@@ -368,6 +368,12 @@ func TestStockVariantFiles(t *testing.T) {
 	if len(stock) >= len(lean) {
 		t.Errorf("stock has %d entries, lean %d: nothing left out", len(stock), len(lean))
 	}
+	if !slices.Contains(RemoveFor(VariantLean), "/etc/update-motd.d") || slices.Contains(RemoveFor(VariantStock), "/etc/update-motd.d") {
+		t.Errorf("update-motd.d removal: lean %v, stock %v", RemoveFor(VariantLean), RemoveFor(VariantStock))
+	}
+	if !slices.Equal(RemoveFor(VariantStock), RemovePatterns) || len(RemoveFor(VariantLean)) != len(RemovePatterns)+len(LeanRemovePatterns) {
+		t.Error("RemoveFor must add to RemovePatterns, not replace or alter it")
+	}
 	if !ValidVariant("") || !ValidVariant("stock") || ValidVariant("fat") {
 		t.Error("ValidVariant")
 	}

@@ -405,8 +405,9 @@ func (h *Helper) imageConfigure(ctx context.Context, caller rpc.PeerCred, p help
 	if err := s.cmd(ctx, "update-initramfs for "+kver+" (chroot, new mount and PID namespaces)", initramfsArgv(tree, kver)...); err != nil {
 		return res, err
 	}
-	s.logf("removing %s", strings.Join(guest.RemovePatterns, " "))
-	for _, pat := range guest.RemovePatterns {
+	remove := guest.RemoveFor(p.Variant)
+	s.logf("removing %s", strings.Join(remove, " "))
+	for _, pat := range remove {
 		if err := t.removeMatching(pat); err != nil {
 			return res, s.fail("cleaning the tree", err)
 		}

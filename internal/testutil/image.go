@@ -52,16 +52,20 @@ func GuestImageKey(suite, mirror, security string, packages []string) string {
 	pk := slices.Clone(packages)
 	slices.Sort(pk)
 	put(strings.Join(pk, ","))
-	for _, f := range guest.Files() {
-		put(f.Path)
-		put(f.Mode.String())
-		put(string(f.Content))
-		put(f.Target)
+	// Both variants' files and removals: the stock image is cached under
+	// the same key.
+	for _, v := range []string{guest.VariantLean, guest.VariantStock} {
+		for _, f := range guest.FilesFor(v) {
+			put(f.Path)
+			put(f.Mode.String())
+			put(string(f.Content))
+			put(f.Target)
+		}
+		put(strings.Join(guest.RemoveFor(v), ","))
 	}
 	put(strings.Join(guest.MaskedUnits, ","))
 	put(strings.Join(guest.InitrdModules, ","))
 	put(string(guest.InitrdInit(guest.InitrdModules)))
-	put(strings.Join(guest.RemovePatterns, ","))
 	return hex.EncodeToString(h.Sum(nil))[:32]
 }
 

@@ -4,6 +4,8 @@
 // from the pool against a new one, and `banger vm list` over 200 VMs. It
 // prints a table and writes the figures as JSON. It asserts nothing about
 // speed: it is a measurement, run on demand (BANGER_BENCH=1), not a test.
+// Each run interleaves a banger create, a bare boot of the same image and a
+// bare boot of the stock image, so a noisy host weighs on all three alike.
 package bench
 
 import (
@@ -104,7 +106,11 @@ func TestBenchCreate(t *testing.T) {
 	e.MustBanger("image", "import", "--name", "default", image)
 	e.MustBanger("network", "up")
 	time.Sleep(500 * time.Millisecond) // let the pool fill
-	var total, ssh, stagesPool []float64
+	// One run is a banger create, a bare boot of the same image and a
+	// bare boot of the stock image, interleaved so that a noisy host
+	// weighs on all three alike.
+	b := newBare(t)
+	var total, ssh, stagesPool, bareLean, bareStock []float64
 	perStage := map[string][]float64{}
 	var order []string
 	for i := 0; i < runs; i++ {
@@ -127,6 +133,8 @@ func TestBenchCreate(t *testing.T) {
 		ssh = append(ssh, ms(time.Since(s)))
 		e.MustBanger("vm", "delete", name)
 		time.Sleep(300 * time.Millisecond)
+		bareLean = append(bareLean, b.boot(t, image))
+		bareStock = append(bareStock, b.boot(t, stock))
 	}
 	add(summarize("banger create to ssh-ready (CLI wall)", total))
 	for _, n := range order {
@@ -156,12 +164,12 @@ func TestBenchCreate(t *testing.T) {
 	e.MustBanger("daemon", "stop")
 	e.KillHelper()
 
-	// Baseline: the same image booted by qemu's bare command line.
-	base := baseline(t, image, runs, "bare qemu boot to ssh-ready (baseline)")
+	// Baseline: the same image booted by qemu's bare command line; and
+	// the stock Debian minbase image (systemd, sshd, udev, Debian's
+	// initrd), same kernel, same qemu command line.
+	base := summarize("bare qemu boot to ssh-ready (baseline)", bareLean)
 	add(base)
-	// The stock Debian minbase image (systemd, sshd, udev, Debian's initrd),
-	// same kernel, same qemu command line.
-	stockBase := baseline(t, stock, runs, "bare qemu boot of the stock image")
+	stockBase := summarize("bare qemu boot of the stock image", bareStock)
 	add(stockBase)
 	if stockBase.Median > 0 {
 		res.Ratios["default/stock image boot median"] = base.Median / stockBase.Median
@@ -204,17 +212,24 @@ func TestBenchCreate(t *testing.T) {
 	}
 }
 
-// baseline boots the image with qemu's own command line (the argv banger's
+// bare boots images with qemu's own command line (the argv banger's
 // driver builds, minus banger) on a qcow2 overlay, a seed-made work disk
-// and a config disk, with a TAP on a bridge of its own, and times it to
-// SSH-ready.
-func baseline(t *testing.T, image string, runs int, name string) series {
-	dir := t.TempDir()
+// and a config disk, with a TAP on a bridge of its own, and times each to
+// SSH-ready: the baseline.
+type bare struct {
+	dir, key string
+	khz      uint32
+	kernels  map[string]string
+	n        int
+}
+
+func newBare(t *testing.T) *bare {
+	b := &bare{dir: t.TempDir(), kernels: map[string]string{}}
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "bbase0"}}
 	if err := netlink.LinkAdd(br); err != nil {
 		t.Fatal(err)
 	}
-	defer netlink.LinkDel(br)
+	t.Cleanup(func() { netlink.LinkDel(br) })
 	addr, _ := netlink.ParseAddr("10.231.21.1/24")
 	netlink.AddrAdd(br, addr)
 	netlink.LinkSetUp(br)
@@ -222,88 +237,98 @@ func baseline(t *testing.T, image string, runs int, name string) series {
 	if err := netlink.LinkAdd(tap); err != nil {
 		t.Fatal(err)
 	}
-	defer netlink.LinkDel(tap)
+	t.Cleanup(func() { netlink.LinkDel(tap) })
 	netlink.LinkSetMaster(tap, br)
 	netlink.LinkSetUp(tap)
-
-	key := filepath.Join(dir, "id_ed25519")
-	if _, err := (&runner.Exec{}).Run(context.Background(), "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key); err != nil {
+	b.key = filepath.Join(b.dir, "id_ed25519")
+	if _, err := (&runner.Exec{}).Run(context.Background(), "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", b.key); err != nil {
 		t.Fatal(err)
 	}
-	// The kernel banger's qemu driver would boot: the vmlinux through its
-	// PVH entry when it has one, else the bzImage.
-	kernel := filepath.Join(dir, "vmlinux")
-	if err := bimage.ExtractVmlinux(filepath.Join(image, "vmlinuz"), kernel); err != nil || !bimage.HasPVHEntry(kernel) {
-		kernel = filepath.Join(image, "vmlinuz")
-	}
 	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
-	khz, _ := guest.ParseTSCKHz(nil, cpuinfo)
-	var samples []float64
-	for i := 0; i < runs; i++ {
-		run := filepath.Join(dir, strconv.Itoa(i))
-		os.MkdirAll(run, 0o700)
-		r := &runner.Exec{}
-		ctx := context.Background()
-		root, _, err := disk.Overlay(ctx, r, disk.StrategyQcow2, filepath.Join(image, "rootfs.ext4"), run)
-		if err != nil {
-			t.Fatal(err)
-		}
-		work := filepath.Join(run, "work.ext4")
-		if _, err := disk.WorkDisk(ctx, r, filepath.Join(image, "work-seed.ext4"), "", work, 1<<30, disk.Keys{AuthorizedKey: key + ".pub"}); err != nil {
-			t.Fatal(err)
-		}
-		// The host key on a config disk, as banger passes it (without
-		// one the guest would make its own, slowly).
-		hostKey := filepath.Join(run, "ssh_host_ed25519_key")
-		if _, err := r.Run(ctx, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", hostKey); err != nil {
-			t.Fatal(err)
-		}
-		priv, _ := os.ReadFile(hostKey)
-		pub, _ := os.ReadFile(hostKey + ".pub")
-		config, err := guest.ConfigDisk(priv, pub)
-		if err != nil {
-			t.Fatal(err)
-		}
-		configPath := filepath.Join(run, guest.ConfigDiskName)
-		if err := os.WriteFile(configPath, config, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		cmdline, _ := guest.KernelCmdline(guest.Settings{IP: mustPrefix("10.231.21.2/24"), Gateway: mustAddr("10.231.21.1"), Hostname: "base", TSCKHz: khz})
-		args, err := qemu.Args(vmm.Spec{
-			Name: "base", VCPUs: 2, MemoryMiB: 512, Kernel: kernel, Initrd: filepath.Join(image, "initrd.img"),
-			Cmdline: cmdline, Accel: "tcg", TapName: "tbase0", MAC: "02:00:00:00:00:99",
-			Disks: []vmm.Disk{{ID: "rootfs", Path: root, Format: "qcow2"}, {ID: "work", Path: work, Format: "raw"},
-				{ID: "config", Path: configPath, Format: "raw", ReadOnly: true}},
-			APISocket: filepath.Join(run, "qmp.sock"), ConsolePath: filepath.Join(run, "console.log"),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		start := time.Now()
-		cmd := exec.Command("qemu-system-x86_64", args...)
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		for {
-			if c, err := net.DialTimeout("tcp", "10.231.21.2:22", 500*time.Millisecond); err == nil {
-				c.Close()
-				ssh := exec.Command("ssh", "-i", key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-					"-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=2", "root@10.231.21.2", "true")
-				if ssh.Run() == nil {
-					break
-				}
-			}
-			if time.Since(start) > 3*time.Minute {
-				cmd.Process.Kill()
-				t.Fatal("baseline VM never became ready")
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		samples = append(samples, ms(time.Since(start)))
+	b.khz, _ = guest.ParseTSCKHz(nil, cpuinfo)
+	return b
+}
+
+// kernel is the kernel banger's qemu driver would boot for image: its
+// vmlinux through the PVH entry when it has one, else the bzImage.
+func (b *bare) kernel(image string) string {
+	if k, ok := b.kernels[image]; ok {
+		return k
+	}
+	k := filepath.Join(b.dir, fmt.Sprintf("vmlinux-%d", len(b.kernels)))
+	if err := bimage.ExtractVmlinux(filepath.Join(image, "vmlinuz"), k); err != nil || !bimage.HasPVHEntry(k) {
+		k = filepath.Join(image, "vmlinuz")
+	}
+	b.kernels[image] = k
+	return k
+}
+
+// boot boots image once and returns the milliseconds to SSH-ready.
+func (b *bare) boot(t *testing.T, image string) float64 {
+	b.n++
+	run := filepath.Join(b.dir, strconv.Itoa(b.n))
+	os.MkdirAll(run, 0o700)
+	defer os.RemoveAll(run)
+	r := &runner.Exec{}
+	ctx := context.Background()
+	root, _, err := disk.Overlay(ctx, r, disk.StrategyQcow2, filepath.Join(image, "rootfs.ext4"), run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	work := filepath.Join(run, "work.ext4")
+	if _, err := disk.WorkDisk(ctx, r, filepath.Join(image, "work-seed.ext4"), "", work, 1<<30, disk.Keys{AuthorizedKey: b.key + ".pub"}); err != nil {
+		t.Fatal(err)
+	}
+	// The host key on a config disk, as banger passes it (without one
+	// the guest would make its own, slowly).
+	hostKey := filepath.Join(run, "ssh_host_ed25519_key")
+	if _, err := r.Run(ctx, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", hostKey); err != nil {
+		t.Fatal(err)
+	}
+	priv, _ := os.ReadFile(hostKey)
+	pub, _ := os.ReadFile(hostKey + ".pub")
+	config, err := guest.ConfigDisk(priv, pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	configPath := filepath.Join(run, guest.ConfigDiskName)
+	if err := os.WriteFile(configPath, config, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmdline, _ := guest.KernelCmdline(guest.Settings{IP: mustPrefix("10.231.21.2/24"), Gateway: mustAddr("10.231.21.1"), Hostname: "base", TSCKHz: b.khz})
+	args, err := qemu.Args(vmm.Spec{
+		Name: "base", VCPUs: 2, MemoryMiB: 512, Kernel: b.kernel(image), Initrd: filepath.Join(image, "initrd.img"),
+		Cmdline: cmdline, Accel: "tcg", TapName: "tbase0", MAC: "02:00:00:00:00:99",
+		Disks: []vmm.Disk{{ID: "rootfs", Path: root, Format: "qcow2"}, {ID: "work", Path: work, Format: "raw"},
+			{ID: "config", Path: configPath, Format: "raw", ReadOnly: true}},
+		APISocket: filepath.Join(run, "qmp.sock"), ConsolePath: filepath.Join(run, "console.log"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	cmd := exec.Command("qemu-system-x86_64", args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
+	}()
+	for {
+		if c, err := net.DialTimeout("tcp", "10.231.21.2:22", 500*time.Millisecond); err == nil {
+			c.Close()
+			ssh := exec.Command("ssh", "-i", b.key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+				"-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=2", "root@10.231.21.2", "true")
+			if ssh.Run() == nil {
+				return ms(time.Since(start))
+			}
+		}
+		if time.Since(start) > 3*time.Minute {
+			t.Fatal("baseline VM never became ready")
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	return summarize(name, samples)
 }
 
 // workDisks times a 4 GiB work disk made the way a create makes it, with
