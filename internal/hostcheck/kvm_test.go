@@ -30,7 +30,7 @@ func TestProbeKVM(t *testing.T) {
 func TestProbeKVMBoot(t *testing.T) {
 	kernel := os.Getenv("BANGER_TEST_KERNEL")
 	if kernel == "" {
-		t.Skip("BANGER_TEST_KERNEL not set: no guest kernel to boot (the e2e tier sets it from the test image)")
+		t.Skip("BANGER_TEST_KERNEL not set: no guest kernel to boot (make test-e2e sets it to the cached test image's kernel)")
 	}
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {

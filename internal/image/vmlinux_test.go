@@ -94,7 +94,7 @@ func TestExtractVmlinuxRejects(t *testing.T) {
 func TestExtractRealKernel(t *testing.T) {
 	k := os.Getenv("BANGER_TEST_KERNEL")
 	if k == "" {
-		t.Skip("BANGER_TEST_KERNEL not set (the image tests set it)")
+		t.Skip("BANGER_TEST_KERNEL not set (make test-e2e sets it to the cached test image's kernel)")
 	}
 	out := filepath.Join(t.TempDir(), "vmlinux")
 	if err := ExtractVmlinux(k, out); err != nil {
@@ -102,6 +102,10 @@ func TestExtractRealKernel(t *testing.T) {
 	}
 	if !IsELF(out) {
 		t.Fatal("not ELF")
+	}
+	// Debian's kernels are built with CONFIG_PVH: qemu boots them directly.
+	if !HasPVHEntry(out) {
+		t.Error("the extracted kernel has no PVH entry note")
 	}
 	v1, v2 := KernelVersion(k), KernelVersion(out)
 	if v1 == "" || v1 != v2 {
