@@ -310,7 +310,9 @@ func Ext4FromRoot(ctx context.Context, r runner.Runner, rootfs, out, size, scrat
 	if st, err := os.Stat(tree); err != nil || !st.IsDir() {
 		return fmt.Errorf("%s has no /root directory", rootfs)
 	}
-	if _, err := r.Run(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-L", "banger-work", "-m", "0",
+	// "-T default": 4 KiB blocks and an inode per 16 KiB at any size, so
+	// a small seed grows into the same layout a full-size disk gets.
+	if _, err := r.Run(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-T", "default", "-L", "banger-work", "-m", "0",
 		"-E", "root_owner=0:0", "-d", tree, out, size); err != nil {
 		return fmt.Errorf("making %s: %w", out, err)
 	}

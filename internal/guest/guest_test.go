@@ -22,7 +22,7 @@ func TestKernelCmdline(t *testing.T) {
 		TSCKHz:   2596150,
 	}
 	got, err := KernelCmdline(s)
-	want := "console=ttyS0 root=/dev/vda rw net.ifnames=0 panic=-1 tsc=reliable 8250.nr_uarts=1 quiet loglevel=3 " +
+	want := "console=ttyS0 root=/dev/vda rw net.ifnames=0 panic=-1 tsc=reliable 8250.nr_uarts=1 cryptomgr.notests quiet loglevel=3 " +
 		"tsc_early_khz=2596150 banger.ip=10.77.0.2/24 banger.gw=10.77.0.1 banger.dns=10.77.0.1 banger.hostname=demo-1"
 	if err != nil || got != want {
 		t.Errorf("KernelCmdline:\n got %q, %v\nwant %q", got, err, want)
@@ -30,7 +30,7 @@ func TestKernelCmdline(t *testing.T) {
 
 	s.Verbose, s.TSCKHz, s.Console, s.DNS = true, 0, "ttyS1,115200n8", netip.Addr{}
 	got, err = KernelCmdline(s)
-	want = "console=ttyS1,115200n8 root=/dev/vda rw net.ifnames=0 panic=-1 tsc=reliable 8250.nr_uarts=1 " +
+	want = "console=ttyS1,115200n8 root=/dev/vda rw net.ifnames=0 panic=-1 tsc=reliable 8250.nr_uarts=1 cryptomgr.notests " +
 		"banger.ip=10.77.0.2/24 banger.gw=10.77.0.1 banger.hostname=demo-1"
 	if err != nil || got != want {
 		t.Errorf("KernelCmdline verbose:\n got %q, %v\nwant %q", got, err, want)

@@ -165,9 +165,9 @@ func TestImageStepsArgv(t *testing.T) {
 		filepath.Join(ih.buildDir, "demo-1", "tree"), mirror)...)
 	ih.fake.Expect(append(slices.Clone(nsPrefix), "chroot", filepath.Join(ih.buildDir, "demo-1", "tree"), "update-initramfs", "-c", "-k", testKver)...)
 	scratch := filepath.Join(ih.buildDir, "demo-1")
-	ih.fake.Expect("mke2fs", "-q", "-F", "-t", "ext4", "-L", "banger-root", "-m", "0", "-E", "root_owner=0:0",
+	ih.fake.Expect("mke2fs", "-q", "-F", "-t", "ext4", "-T", "default", "-L", "banger-root", "-m", "0", "-E", "root_owner=0:0",
 		"-d", filepath.Join(scratch, "tree"), filepath.Join(scratch, "rootfs.ext4"), "64M")
-	ih.fake.Expect("mke2fs", "-q", "-F", "-t", "ext4", "-L", "banger-work", "-m", "0", "-E", "root_owner=0:0",
+	ih.fake.Expect("mke2fs", "-q", "-F", "-t", "ext4", "-T", "default", "-L", "banger-work", "-m", "0", "-E", "root_owner=0:0",
 		"-d", filepath.Join(scratch, "seed"), filepath.Join(scratch, "work-seed.ext4"), "16M")
 	ih.fake.Expect("debugfs", "-w", "-R", "sif / mode 040700", filepath.Join(scratch, "work-seed.ext4"))
 	ih.fake.Expect("e2fsck", "-fn", filepath.Join(scratch, "rootfs.ext4"))

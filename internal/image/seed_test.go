@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -18,7 +19,7 @@ func TestMakeWorkSeedArgv(t *testing.T) {
 	os.WriteFile(filepath.Join(scratch, "root", ".bashrc"), []byte("x"), 0o644)
 	f := &runner.Fake{}
 	f.Expect("debugfs", "-R", "rdump /root "+scratch, "/img/rootfs.ext4")
-	f.Expect("mke2fs", "-q", "-F", "-t", "ext4", "-L", "banger-work", "-m", "0", "-E", "root_owner=0:0", "-d", filepath.Join(scratch, "root"), "/img/work-seed.ext4", "16M")
+	f.Expect("mke2fs", "-q", "-F", "-t", "ext4", "-T", "default", "-L", "banger-work", "-m", "0", "-E", "root_owner=0:0", "-d", filepath.Join(scratch, "root"), "/img/work-seed.ext4", "16M")
 	f.Expect("debugfs", "-w", "-f", filepath.Join(scratch, "chown.debugfs"), "/img/work-seed.ext4")
 	f.Expect("e2fsck", "-fn", "/img/work-seed.ext4")
 	if err := MakeWorkSeed(context.Background(), f, "/img/rootfs.ext4", "/img/work-seed.ext4", scratch); err != nil {
@@ -62,6 +63,11 @@ func TestMakeWorkSeedReal(t *testing.T) {
 	out, err := r.Run(context.Background(), "debugfs", "-R", "cat /.profile", seed)
 	if err != nil || !strings.Contains(string(out), "echo hi") {
 		t.Fatalf("seed lacks /root/.profile: %q %v", out, err)
+	}
+	// The default layout, so disks grown from the seed match full-size ones.
+	stats, err := r.Run(context.Background(), "debugfs", "-R", "stats", seed)
+	if err != nil || !regexp.MustCompile(`(?m)^Block size:\s+4096$`).Match(stats) || !regexp.MustCompile(`(?m)^Inode count:\s+1024$`).Match(stats) {
+		t.Errorf("seed layout: want 4 KiB blocks and 1024 inodes for 16 MiB:\n%s", stats)
 	}
 	st, err := r.Run(context.Background(), "debugfs", "-R", "stat /.profile", seed)
 	if err != nil || !strings.Contains(string(st), "User:     0") {
