@@ -3,6 +3,8 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/model"
 	"os"
 	"os/exec"
 	"strings"
@@ -227,12 +229,27 @@ func (d *Daemon) doctor(ctx context.Context, _ noParams) (api.DoctorReport, erro
 	if err != nil {
 		return api.DoctorReport{}, err
 	}
+	checks = append(checks, imageChecks(imgs)...)
+	return api.DoctorReport{Checks: checks, OK: !hasFail(checks)}, nil
+}
+
+// imageChecks warns about images that make creates slower than they need
+// be: no work-seed, or built by a banger older than the config disk.
+func imageChecks(imgs []model.Image) []hostcheck.Check {
+	var checks []hostcheck.Check
 	for _, img := range imgs {
+		name := "image " + img.Name
 		if !img.HasWorkSeed() {
-			add("image "+img.Name, hostcheck.Warn, "has no work-seed: each VM's work disk is built the slow way", "banger image rebuild-seed "+img.Name)
+			checks = append(checks, hostcheck.Check{Name: name, Status: hostcheck.Warn,
+				Detail: "has no work-seed: each VM's work disk is built the slow way", Hint: "banger image rebuild-seed " + img.Name})
+		}
+		if img.Source == "built" && img.GuestContract < guest.Contract {
+			checks = append(checks, hostcheck.Check{Name: name, Status: hostcheck.Warn,
+				Detail: fmt.Sprintf("built by an older banger (guest contract %d, this one builds %d): its VMs get their host key written into the work disk, a slower create", img.GuestContract, guest.Contract),
+				Hint:   "build a new one (banger image build --name NEW) and create VMs with --image NEW, or delete this one when no VM uses it and build it again"})
 		}
 	}
-	return api.DoctorReport{Checks: checks, OK: !hasFail(checks)}, nil
+	return checks
 }
 
 func hasFail(cs []hostcheck.Check) bool {
