@@ -41,7 +41,7 @@ func (a *app) follow(ctx context.Context, c *rpc.Client, method string, o api.Op
 			if s.State == api.StageFailed {
 				mark = "FAIL"
 			}
-			line := fmt.Sprintf("  %s %-12s %8s", mark, s.Name, humanDuration(time.Duration(s.DurationMS)*time.Millisecond))
+			line := fmt.Sprintf("  %s %-16s %8s", mark, s.Name, humanDuration(time.Duration(s.DurationMS)*time.Millisecond))
 			if s.Detail != "" {
 				line += "  " + s.Detail
 			}
@@ -66,7 +66,7 @@ func (a *app) follow(ctx context.Context, c *rpc.Client, method string, o api.Op
 				note = note[:70] + "..."
 			}
 			clearLine()
-			fmt.Fprintf(a.stderr, "  %s %-12s %8s  %s", spin[n%len(spin)], running, humanDuration(time.Since(o.StartedAt)), strings.ReplaceAll(note, "\r", ""))
+			fmt.Fprintf(a.stderr, "  %s %-16s %8s  %s", spin[n%len(spin)], running, humanDuration(time.Since(o.StartedAt)), strings.ReplaceAll(note, "\r", ""))
 			n++
 		}
 		var next api.Operation
