@@ -59,6 +59,8 @@ func newHarness(t *testing.T) *harness {
 		Disks: []vmm.Disk{
 			{ID: "rootfs", Path: filepath.Join(dir, "root.ext4"), Format: "raw"},
 			{ID: "work", Path: filepath.Join(dir, "work.ext4")},
+			// banger's config disk (guest.ConfigDisk): read-only.
+			{ID: "config", Path: filepath.Join(dir, "config.tar"), ReadOnly: true},
 		},
 		TapName: "tap-0123", MAC: "02:00:00:00:00:01",
 		APISocket:   filepath.Join(dir, "api.sock"),
@@ -134,6 +136,7 @@ var bootCalls = []string{
 	"PUT /serial",
 	"PUT /drives/rootfs",
 	"PUT /drives/work",
+	"PUT /drives/config",
 	"PUT /network-interfaces/eth0",
 	"PUT /vsock",
 	"PUT /actions",
@@ -176,6 +179,8 @@ func TestStartConfiguresInOrder(t *testing.T) {
 			"is_root_device": true, "is_read_only": false, "cache_type": "Unsafe"},
 		"PUT /drives/work": {"drive_id": "work", "path_on_host": h.spec.Disks[1].Path,
 			"is_root_device": false, "is_read_only": false, "cache_type": "Unsafe"},
+		"PUT /drives/config": {"drive_id": "config", "path_on_host": h.spec.Disks[2].Path,
+			"is_root_device": false, "is_read_only": true, "cache_type": "Unsafe"},
 		"PUT /network-interfaces/eth0": {"iface_id": "eth0", "host_dev_name": "tap-0123", "guest_mac": "02:00:00:00:00:01"},
 		"PUT /vsock":                   {"guest_cid": 3.0, "uds_path": h.spec.VSockPath},
 		"PUT /actions":                 {"action_type": "InstanceStart"},
@@ -227,6 +232,7 @@ func TestStartFailureKillsFirecracker(t *testing.T) {
 		"PUT /serial":                  "serial console",
 		"PUT /drives/rootfs":           "drive rootfs",
 		"PUT /drives/work":             "drive work",
+		"PUT /drives/config":           "drive config",
 		"PUT /network-interfaces/eth0": "network interface",
 		"PUT /vsock":                   "vsock",
 		"PUT /actions":                 "instance start",
