@@ -15,6 +15,7 @@ func spec() vmm.Spec {
 		Disks: []vmm.Disk{
 			{ID: "rootfs", Path: "/v/root.qcow2", Format: "qcow2"},
 			{ID: "work", Path: "/v/work.ext4", Format: "raw"},
+			{ID: "config", Path: "/v/config.tar", Format: "raw", ReadOnly: true},
 		},
 		TapName: "tap-abc", MAC: "02:00:00:00:00:01", Accel: "tcg",
 		APISocket: "/v/qmp.sock", LogPath: "/v/vmm.log", ConsolePath: "/v/console.log",
@@ -32,6 +33,7 @@ func TestArgs(t *testing.T) {
 		"-chardev file,id=console,path=/v/console.log,append=on -serial chardev:console " +
 		"-drive id=vda,file=/v/root.qcow2,format=qcow2,if=none,cache=unsafe -device virtio-blk-device,drive=vda " +
 		"-drive id=vdb,file=/v/work.ext4,format=raw,if=none,cache=unsafe -device virtio-blk-device,drive=vdb " +
+		"-drive id=vdc,file=/v/config.tar,format=raw,if=none,cache=unsafe,readonly=on -device virtio-blk-device,drive=vdc " +
 		"-netdev tap,id=net0,ifname=tap-abc,script=no,downscript=no -device virtio-net-device,netdev=net0,mac=02:00:00:00:00:01 " +
 		"-qmp unix:/v/qmp.sock,server=on,wait=off"
 	if got != want {
