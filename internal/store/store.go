@@ -107,11 +107,34 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	if err := migrateTo(ctx, db, len(migrations)); err != nil {
+	// Connections that open a new file at once race to switch it to WAL,
+	// and the loser gets SQLITE_BUSY without the busy handler ever
+	// running; retry that, within busyTimeout, like any other lock wait.
+	deadline := time.Now().Add(busyTimeout)
+	for {
+		err = migrateTo(ctx, db, len(migrations))
+		if err == nil || !isBusy(err) || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+			continue
+		}
+		break
+	}
+	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	return &Store{db: db, path: path}, nil
+}
+
+// isBusy reports whether err is SQLITE_BUSY (any extended code).
+func isBusy(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_BUSY
 }
 
 // dsn is the data source name for path. The driver runs the pragmas on every
