@@ -3,8 +3,6 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"github.com/banger-dev/banger/internal/guest"
-	"github.com/banger-dev/banger/internal/model"
 	"os"
 	"os/exec"
 	"strings"
@@ -12,7 +10,9 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/hostcheck"
+	"github.com/banger-dev/banger/internal/model"
 )
 
 // kvmCache remembers the KVM verdict: the API probe is cheap, the kernel

@@ -261,7 +261,7 @@ func (d *Daemon) provisionAndBoot(ctx context.Context, o *operation, vm model.VM
 		keys := disk.Keys{AuthorizedKey: d.layout.SSHKey() + ".pub"}
 		keyOn := "host key on the config disk"
 		if img.GuestContract >= guest.ContractConfigDisk {
-			if err := writeConfigDisk(vm, hostKey); err != nil {
+			if err := disk.WriteConfigDisk(filepath.Join(vm.Runtime.VMDir, guest.ConfigDiskName), hostKey); err != nil {
 				return "", err
 			}
 		} else {
@@ -380,7 +380,7 @@ func (d *Daemon) bootVM(ctx context.Context, o *operation, vm model.VM, img mode
 		if err := d.store.UpdateVM(ctx, &vm); err != nil {
 			return "", err
 		}
-		return fmt.Sprintf("%s (%s), pid %d, kernel %s", driver.Name(), accel, pid, kernelKind(spec.Kernel, img)), nil
+		return fmt.Sprintf("%s (%s), pid %d, kernel %s", driver.Name(), accel, pid, kernelKind(driver.Name(), spec.Kernel, img)), nil
 	}); err != nil {
 		return vm, err
 	}
@@ -459,39 +459,16 @@ func (d *Daemon) vmSpec(vm model.VM, img model.Image, accel string) (vmm.Spec, e
 	return s, nil
 }
 
-// writeConfigDisk writes the VM's config disk (guest.ConfigDisk) with the
-// host key pair at hostKey, hostKey.pub: 0600, written to a temporary name
-// and renamed, so a crash never leaves half of one.
-func writeConfigDisk(vm model.VM, hostKey string) error {
-	priv, err := os.ReadFile(hostKey)
-	if err != nil {
-		return err
-	}
-	pub, err := os.ReadFile(hostKey + ".pub")
-	if err != nil {
-		return err
-	}
-	data, err := guest.ConfigDisk(priv, pub)
-	if err != nil {
-		return err
-	}
-	p := filepath.Join(vm.Runtime.VMDir, guest.ConfigDiskName)
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("writing the config disk: %w", err)
-	}
-	return os.Rename(tmp, p)
-}
-
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
 }
 
 // kernelKind names the kernel file a VM boots, for the vmm start stage.
-func kernelKind(kernel string, img model.Image) string {
+// qemu gets the vmlinux only through its PVH entry (vmSpec checked it).
+func kernelKind(driver, kernel string, img model.Image) string {
 	switch {
-	case kernel == img.VmlinuxPath && image.HasPVHEntry(kernel):
+	case kernel == img.VmlinuxPath && driver == "qemu":
 		return "vmlinux (PVH entry)"
 	case kernel == img.VmlinuxPath:
 		return "vmlinux"

@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/runner"
 )
 
@@ -427,4 +428,31 @@ func InstallKeys(ctx context.Context, r runner.Runner, disk string, keys Keys) e
 func fsckFixed(err error) bool {
 	var ee *exec.ExitError
 	return errors.As(err, &ee) && ee.ExitCode() == 1
+}
+
+// WriteConfigDisk writes a VM's config disk (guest.ConfigDisk) at out with
+// the host key pair at hostKey and hostKey+".pub": mode 0600, written to a
+// temporary name and renamed, so a crash never leaves half of one.
+func WriteConfigDisk(out, hostKey string) error {
+	priv, err := os.ReadFile(hostKey)
+	if err != nil {
+		return err
+	}
+	pub, err := os.ReadFile(hostKey + ".pub")
+	if err != nil {
+		return err
+	}
+	data, err := guest.ConfigDisk(priv, pub)
+	if err != nil {
+		return err
+	}
+	tmp := out + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("writing the config disk: %w", err)
+	}
+	if err := os.Rename(tmp, out); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing the config disk: %w", err)
+	}
+	return nil
 }

@@ -204,3 +204,27 @@ func TestWorkDiskCachedGrowsOnce(t *testing.T) {
 		t.Fatalf("cache: %v", cached)
 	}
 }
+
+func TestWriteConfigDisk(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "host")
+	os.WriteFile(key, []byte("PRIVATE\n"), 0o600)
+	out := filepath.Join(dir, "config.tar")
+	if err := WriteConfigDisk(out, key); err == nil {
+		t.Fatal("no .pub: no error")
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatalf("a failed write left %s: %v", out, err)
+	}
+	os.WriteFile(key+".pub", []byte("ssh-ed25519 AAAA\n"), 0o644)
+	if err := WriteConfigDisk(out, key); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(out)
+	if err != nil || st.Mode().Perm() != 0o600 || st.Size()%4096 != 0 {
+		t.Fatalf("config disk: %v, %v; want 0600, whole 4 KiB blocks", st, err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 3 {
+		t.Errorf("files left beside it: %v", entries)
+	}
+}

@@ -92,25 +92,22 @@ type VMHandles struct {
 
 // Image is one row of the images table.
 type Image struct {
-	Name          string `json:"name"`
-	Dir           string `json:"dir"`
-	Source        string `json:"source"` // "built" or "imported"
-	Suite         string `json:"suite,omitempty"`
-	KernelVersion string `json:"kernel_version,omitempty"`
-	RootfsPath    string `json:"rootfs_path"`
-	RootfsSize    int64  `json:"rootfs_size"`
-	RootfsSHA256  string `json:"rootfs_sha256,omitempty"`
-	WorkSeedPath  string `json:"work_seed_path,omitempty"`
-	WorkSeedSize  int64  `json:"work_seed_size,omitempty"`
-	WorkSeedSHA   string `json:"work_seed_sha256,omitempty"`
-	KernelPath    string `json:"kernel_path"` // vmlinuz (bzImage)
-	VmlinuxPath   string `json:"vmlinux_path,omitempty"`
-	InitrdPath    string `json:"initrd_path,omitempty"`
-	BuildLogPath  string `json:"build_log_path,omitempty"`
-	// GuestContract is how VMs of this image get their secrets
-	// (guest.ContractWorkDisk, guest.ContractConfigDisk), read from the
-	// rootfs's banger-init when the image is registered.
-	GuestContract int       `json:"guest_contract"`
+	Name          string    `json:"name"`
+	Dir           string    `json:"dir"`
+	Source        string    `json:"source"` // "built" or "imported"
+	Suite         string    `json:"suite,omitempty"`
+	KernelVersion string    `json:"kernel_version,omitempty"`
+	RootfsPath    string    `json:"rootfs_path"`
+	RootfsSize    int64     `json:"rootfs_size"`
+	RootfsSHA256  string    `json:"rootfs_sha256,omitempty"`
+	WorkSeedPath  string    `json:"work_seed_path,omitempty"`
+	WorkSeedSize  int64     `json:"work_seed_size,omitempty"`
+	WorkSeedSHA   string    `json:"work_seed_sha256,omitempty"`
+	KernelPath    string    `json:"kernel_path"` // vmlinuz (bzImage)
+	VmlinuxPath   string    `json:"vmlinux_path,omitempty"`
+	InitrdPath    string    `json:"initrd_path,omitempty"`
+	BuildLogPath  string    `json:"build_log_path,omitempty"`
+	GuestContract int       `json:"guest_contract"` // how its VMs get their host key (guest.Contract*), read from banger-init at registration
 	CreatedAt     time.Time `json:"created_at"`
 }
 

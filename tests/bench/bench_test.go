@@ -295,14 +295,8 @@ func (b *bare) boot(t *testing.T, image string) float64 {
 	if _, err := r.Run(ctx, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", hostKey); err != nil {
 		t.Fatal(err)
 	}
-	priv, _ := os.ReadFile(hostKey)
-	pub, _ := os.ReadFile(hostKey + ".pub")
-	config, err := guest.ConfigDisk(priv, pub)
-	if err != nil {
-		t.Fatal(err)
-	}
 	configPath := filepath.Join(run, guest.ConfigDiskName)
-	if err := os.WriteFile(configPath, config, 0o600); err != nil {
+	if err := disk.WriteConfigDisk(configPath, hostKey); err != nil {
 		t.Fatal(err)
 	}
 	cmdline, _ := guest.KernelCmdline(guest.Settings{IP: mustPrefix("10.231.21.2/24"), Gateway: mustAddr("10.231.21.1"), Hostname: "base", TSCKHz: b.khz})
@@ -361,13 +355,11 @@ func workDisks(t *testing.T, image string, runs int) (seed, scratch []float64) {
 		t.Fatal(err)
 	}
 	os.Remove(warm)
-	configDisk := func(out string) error {
-		data, err := guest.ConfigDisk([]byte("HOST KEY\n"), []byte("ssh-ed25519 HOST\n"))
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(out+".config.tar", data, 0o600)
-	}
+	// A host key pair to pass, as the daemon's (made before the stage).
+	hostKey := filepath.Join(dir, "ssh_host_ed25519_key")
+	os.WriteFile(hostKey, []byte("HOST KEY\n"), 0o600)
+	os.WriteFile(hostKey+".pub", []byte("ssh-ed25519 HOST\n"), 0o644)
+	configDisk := func(out string) error { return disk.WriteConfigDisk(out+".config.tar", hostKey) }
 	for i := 0; i < runs; i++ {
 		for _, fromSeed := range []bool{true, false} {
 			out := filepath.Join(dir, fmt.Sprintf("w%d-%v.ext4", i, fromSeed))
