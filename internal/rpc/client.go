@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,6 +25,54 @@ type Client struct {
 	SocketPath string
 	// DialTimeout bounds connecting (default 2s).
 	DialTimeout time.Duration
+	// Dial, when set, makes the connection instead of dialing SocketPath
+	// (which then only names the server in messages); tests use it to call
+	// over a connection made elsewhere, as another uid say. Its errors are
+	// returned as they are.
+	Dial func(ctx context.Context) (net.Conn, error)
+	// VerifyPeer, when set, is asked about the server's credentials
+	// (SO_PEERCRED of the connected socket) before anything is sent. A
+	// refusal fails the call with a *PeerError, which is ErrForbidden.
+	VerifyPeer func(PeerCred) error
+}
+
+// PeerError is a server that VerifyPeer refused, or whose credentials could
+// not be read. errors.Is(err, ErrForbidden) is true for it.
+type PeerError struct {
+	// Socket is the server's socket.
+	Socket string
+	// Cred is who serves it (zero when it could not be read).
+	Cred PeerCred
+	// Err is VerifyPeer's refusal, or why the credentials are unknown.
+	Err error
+}
+
+func (e *PeerError) Error() string {
+	return fmt.Sprintf("refusing the server on %s: %v", e.Socket, e.Err)
+}
+
+func (e *PeerError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrForbidden) true for a refused server.
+func (e *PeerError) Is(target error) bool { return target == ErrForbidden }
+
+// PeerUIDs returns a VerifyPeer that accepts a server run by one of uids
+// and refuses any other, naming the uid (and pid) serving the socket and
+// the uids expected.
+func PeerUIDs(uids ...uint32) func(PeerCred) error {
+	allowed := append([]uint32(nil), uids...)
+	return func(c PeerCred) error {
+		for _, u := range allowed {
+			if c.UID == u {
+				return nil
+			}
+		}
+		want := make([]string, len(allowed))
+		for i, u := range allowed {
+			want[i] = fmt.Sprint(u)
+		}
+		return fmt.Errorf("it is served by uid %d (pid %d), expected uid %s", c.UID, c.PID, strings.Join(want, " or "))
+	}
 }
 
 // NewClient returns a client for the socket at path.
@@ -129,7 +178,48 @@ func (c *Client) ctxErr(ctx context.Context, method string, err error) error {
 	return err
 }
 
+// dial connects (with Dial when set) and, when VerifyPeer is set, checks
+// who serves the socket before the caller sends anything.
 func (c *Client) dial(ctx context.Context) (net.Conn, error) {
+	var conn net.Conn
+	var err error
+	if c.Dial != nil {
+		conn, err = c.Dial(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, context.Cause(ctx)
+			}
+			return nil, err
+		}
+	} else if conn, err = c.dialSocket(ctx); err != nil {
+		return nil, err
+	}
+	if c.VerifyPeer == nil {
+		return conn, nil
+	}
+	if err := c.verifyPeer(conn); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+func (c *Client) verifyPeer(conn net.Conn) error {
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return &PeerError{Socket: c.SocketPath, Err: fmt.Errorf("cannot check who serves it: a %T is not a unix socket", conn)}
+	}
+	cred, err := peerCred(uc)
+	if err != nil {
+		return &PeerError{Socket: c.SocketPath, Err: fmt.Errorf("reading its peer credentials (SO_PEERCRED): %w", err)}
+	}
+	if err := c.VerifyPeer(cred); err != nil {
+		return &PeerError{Socket: c.SocketPath, Cred: cred, Err: err}
+	}
+	return nil
+}
+
+func (c *Client) dialSocket(ctx context.Context) (net.Conn, error) {
 	timeout := c.DialTimeout
 	if timeout == 0 {
 		timeout = 2 * time.Second
