@@ -56,8 +56,18 @@ type Server struct {
 	ReadTimeout time.Duration
 	// WriteTimeout bounds writing the response.
 	WriteTimeout time.Duration
-	// MaxConns bounds connections served at once; more wait in accept.
+	// MaxConns bounds the connections open at once, silent ones (no
+	// request yet) included. One over it is answered unavailable at once
+	// and closed; the accept loop never waits for a slot. RootReserve of
+	// them are for uid 0 only. See limits.go.
 	MaxConns int
+	// RootReserve is how many of MaxConns only uid 0 may use, so root still
+	// gets through when other uids hold the rest. At most MaxConns/2 count.
+	RootReserve int
+	// MaxConnsPerUID bounds the connections one peer uid holds open at
+	// once (0: no per-uid limit). A connection carries one call, so this
+	// is also the bound on the uid's calls in flight.
+	MaxConnsPerUID int
 	// Authorize, when set, is asked about every connection's peer.
 	Authorize Authorizer
 	// CompletedLevel is the level of "rpc completed" lines (failures are
@@ -67,6 +77,15 @@ type Server struct {
 	mu       sync.RWMutex
 	handlers map[string]HandlerFunc
 	wg       sync.WaitGroup
+	budget   connBudget
+
+	// Test hooks. peerCredOf replaces SO_PEERCRED (all test connections
+	// share one uid); refuseWindow and maxLingering replace the defaults of
+	// refuse; watchObserved sees every check of the disconnect watch.
+	peerCredOf    func(net.Conn) (PeerCred, error)
+	refuseWindow  time.Duration
+	maxLingering  int
+	watchObserved func(revents int16, gone bool)
 }
 
 // NewServer returns a server with the package defaults.
@@ -77,7 +96,8 @@ func NewServer(name string, logger *slog.Logger) *Server {
 		MaxRequestBytes: DefaultMaxRequestBytes,
 		ReadTimeout:     5 * time.Second,
 		WriteTimeout:    10 * time.Second,
-		MaxConns:        128,
+		MaxConns:        DefaultMaxConns,
+		RootReserve:     DefaultRootReserve,
 		CompletedLevel:  slog.LevelInfo,
 		handlers:        map[string]HandlerFunc{},
 	}
@@ -135,21 +155,16 @@ func DecodeParams(raw json.RawMessage, v any) error {
 }
 
 // Serve accepts connections on ln until ctx is done or ln fails, serving each
-// on its own goroutine. It waits for in-flight calls before returning.
+// on its own goroutine within the connection budgets (limits.go): one over
+// a budget is refused with unavailable at once, so accept never waits. Serve
+// waits for in-flight calls before returning.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
-	sem := make(chan struct{}, max(s.MaxConns, 1))
 	defer s.wg.Wait()
 	for {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			return nil
-		}
 		conn, err := ln.Accept()
 		if err != nil {
-			<-sem
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
@@ -159,27 +174,52 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("accepting: %w", err)
 		}
+		cred, credErr := s.credOf(conn)
+		uid := unknownUID
+		if credErr == nil {
+			uid = cred.UID
+		}
+		release, refusal := s.admit(uid)
+		if refusal != nil {
+			s.refuse(ctx, conn, refusal)
+			continue
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer func() { <-sem }()
-			s.ServeConn(ctx, conn)
+			defer release()
+			s.serveConn(ctx, conn, cred, credErr == nil)
 		}()
 	}
 }
 
 // ServeConn serves the one request a connection carries, then closes it.
+// The connection budgets are Serve's; ServeConn alone does not apply them.
 func (s *Server) ServeConn(ctx context.Context, conn net.Conn) {
+	cred, err := s.credOf(conn)
+	s.serveConn(ctx, conn, cred, err == nil)
+}
+
+// credOf returns the peer of conn: SO_PEERCRED, or the test hook.
+func (s *Server) credOf(conn net.Conn) (PeerCred, error) {
+	if s.peerCredOf != nil {
+		return s.peerCredOf(conn)
+	}
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return PeerCred{}, errors.New("not a unix socket")
+	}
+	return peerCred(uc)
+}
+
+func (s *Server) serveConn(ctx context.Context, conn net.Conn, cred PeerCred, haveCred bool) {
 	defer conn.Close()
 	start := time.Now()
 
-	var cred PeerCred
-	var haveCred bool
-	if uc, ok := conn.(*net.UnixConn); ok {
-		if c, err := peerCred(uc); err == nil {
-			cred, haveCred = c, true
-			ctx = context.WithValue(ctx, peerKey{}, c)
-		}
+	if haveCred {
+		ctx = context.WithValue(ctx, peerKey{}, cred)
+	}
+	if _, ok := conn.(*net.UnixConn); ok {
 		ctx = withFileSlot(ctx)
 	}
 
@@ -245,9 +285,18 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) {
 		return
 	}
 	// The deadline on the connection is for reading the request; a handler
-	// runs as long as its own context allows.
+	// runs as long as its own context allows, or until its client goes
+	// away (watch.go).
 	_ = conn.SetReadDeadline(time.Time{})
-	result, herr := s.call(ctx, h, req.Params)
+	callCtx, stopWatch := s.watchPeer(ctx, conn)
+	result, herr := s.call(callCtx, h, req.Params)
+	if stopWatch() {
+		if herr != nil && CodeOf(herr) == CodeInternal {
+			herr = fmt.Errorf("%w; the handler returned: %v", ErrClientGone, herr)
+		}
+		s.finish(ctx, conn, req.Method, start, result, herr, "cancel_cause", ErrClientGone.Error())
+		return
+	}
 	s.finish(ctx, conn, req.Method, start, result, herr)
 }
 
@@ -263,8 +312,9 @@ func (s *Server) call(ctx context.Context, h HandlerFunc, params json.RawMessage
 	return h(ctx, params)
 }
 
-// finish writes the response and logs the single per-call line.
-func (s *Server) finish(ctx context.Context, conn net.Conn, method string, start time.Time, result any, err error) {
+// finish writes the response and logs the single per-call line, with attrs
+// added to it.
+func (s *Server) finish(ctx context.Context, conn net.Conn, method string, start time.Time, result any, err error, attrs ...any) {
 	id := op.From(ctx)
 	var resp Response
 	if err == nil {
@@ -281,7 +331,7 @@ func (s *Server) finish(ctx context.Context, conn net.Conn, method string, start
 	// Log before replying, so a caller that reads the log right after the
 	// reply (banger daemon logs --op) finds the line.
 	dur := time.Since(start)
-	attrs := []any{"method", method, "duration_ms", dur.Milliseconds()}
+	attrs = append([]any{"method", method, "duration_ms", dur.Milliseconds()}, attrs...)
 	prefix := "rpc"
 	if s.Name != "" {
 		prefix = s.Name + " rpc"
