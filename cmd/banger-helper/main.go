@@ -1,10 +1,11 @@
 // Command banger-helper is banger's root helper: a small privileged server
 // on a unix socket (default /run/banger/helper.sock) that bangerd calls for
-// the few things that need root (bridges, TAPs, NAT, loop devices,
-// device-mapper snapshots, device ownership, image build steps). It admits
-// root and the uids given with --allow-uid, only touches files under the
-// --state-dir roots, and builds images in --build-dir, which only root can
-// reach. See docs/helper.md; systemd runs it from banger-helper.service.
+// the few things that need root: bridges, TAPs and NAT tables, and a TAP or
+// a port 53 socket opened for its owner. It admits root and the users of
+// the --grants file (written by `banger system install`), each only for its
+// own bridge, subnet and TAP names, and records who owns what it made in
+// --state-file. See docs/helper.md; systemd runs it from
+// banger-helper.service.
 package main
 
 import (
@@ -60,20 +61,8 @@ func parseFlags(args []string, stderr io.Writer) (helper.Options, bool, error) {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.Socket, "socket", o.Socket, "unix socket to listen on")
 	mode := fs.String("socket-mode", fmt.Sprintf("%04o", uint32(o.SocketMode)), "socket file mode, octal")
-	fs.IntVar(&o.SocketGID, "socket-group", o.SocketGID, "gid owning the socket file (-1: root)")
-	fs.Func("allow-uid", "uid allowed to call the helper besides root (repeatable)", func(s string) error {
-		u, err := strconv.ParseUint(s, 10, 32)
-		if err != nil || u == 1<<32-1 {
-			return fmt.Errorf("not a uid: %q", s)
-		}
-		o.AllowUIDs = append(o.AllowUIDs, uint32(u))
-		return nil
-	})
-	fs.Func("state-dir", "state root whose files may back loop devices (repeatable, absolute)", func(s string) error {
-		o.StateDirs = append(o.StateDirs, s)
-		return nil
-	})
-	fs.StringVar(&o.BuildDir, "build-dir", o.BuildDir, "root-only scratch directory for image builds (absolute; emptied at start)")
+	fs.StringVar(&o.GrantsFile, "grants", o.GrantsFile, `root's grants: who may call the helper, with which bridge and subnet ("" : root only)`)
+	fs.StringVar(&o.StateFile, "state-file", o.StateFile, "where the owners of the objects the helper made are recorded (root-only directory)")
 	fs.StringVar(&o.LogFile, "log", "", "JSON log file (default: stderr)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -88,9 +77,6 @@ func parseFlags(args []string, stderr io.Writer) (helper.Options, bool, error) {
 		return o, false, fmt.Errorf("--socket-mode %q: want an octal mode such as 0660", *mode)
 	}
 	o.SocketMode = os.FileMode(m)
-	if o.SocketGID < -1 {
-		return o, false, fmt.Errorf("--socket-group %d: want a gid or -1", o.SocketGID)
-	}
 	if *level == "" {
 		*level = "info"
 	}

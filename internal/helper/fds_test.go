@@ -37,7 +37,7 @@ func TestFilePassing(t *testing.T) {
 		return nil, errors.New("no")
 	})
 	sock := filepath.Join(t.TempDir(), "s.sock")
-	ln, err := Listen(sock, 0o600, -1)
+	ln, err := Listen(sock, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,10 +6,8 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -17,7 +15,7 @@ import (
 	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/logging"
 	"github.com/banger-dev/banger/internal/rpc"
-	"github.com/banger-dev/banger/internal/runner"
+	"github.com/banger-dev/banger/internal/testutil"
 )
 
 // syncBuffer is a log sink safe for the server's goroutines.
@@ -53,42 +51,69 @@ func (s *syncBuffer) lines(t *testing.T) []map[string]any {
 	return out
 }
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testutil.CleanupDialAs()
+	os.Exit(code)
+}
+
 // harness is a helper served in-process on a real unix socket.
 type harness struct {
-	h        *Helper
-	socket   string
-	client   *helperapi.Client
-	log      *syncBuffer
-	stateDir string
-	fake     *runner.Fake
+	h      *Helper
+	socket string
+	// client calls as the test process's own uid (root in the root tier).
+	client    *helperapi.Client
+	log       *syncBuffer
+	stateFile string
 }
 
 type harnessOpt func(*Config)
 
-// startHelper serves a helper whose state root is a fresh temp dir, whose
-// runner is a Fake expecting nothing unless told, and which admits root,
-// the test's own uid and 65534.
+// Test users. A unit-tier run (not root) grants its own uid as "self";
+// the root tier adds an attacker and a victim with uids no account has.
+const (
+	victimUID   = 60102
+	attackerUID = 60101
+)
+
+var (
+	victim   = helperapi.Grant{User: "victim", UID: victimUID, Net: 1, Subnet: "10.231.1.0/24"}
+	attacker = helperapi.Grant{User: "attacker", UID: attackerUID, Net: 2, Subnet: "10.231.2.0/24"}
+)
+
+// selfGrant is the grant of the test process's own uid when it is not root.
+func selfGrant() helperapi.Grant {
+	return helperapi.Grant{User: "self", UID: uint32(os.Getuid()), Net: 7, Subnet: "10.231.7.0/24"}
+}
+
+// startHelper serves a helper whose state file is in a fresh temp dir and
+// whose grants are the victim's and the attacker's (and the test's own uid
+// when it is not root).
 func startHelper(t *testing.T, opts ...harnessOpt) *harness {
 	t.Helper()
-	return startHelperAt(t, filepath.Join(t.TempDir(), "helper.sock"), 0o600, opts...)
+	dir, err := os.MkdirTemp("", "banger-helper-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	// Traversable, so that other uids reach the socket.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return startHelperAt(t, filepath.Join(dir, "helper.sock"), 0o666, opts...)
 }
 
 // startHelperAt is startHelper with the socket at sock, of the given mode.
 func startHelperAt(t *testing.T, sock string, mode os.FileMode, opts ...harnessOpt) *harness {
 	t.Helper()
-	dir := t.TempDir()
-	state := filepath.Join(dir, "state")
-	if err := os.Mkdir(state, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	log := &syncBuffer{}
-	fake := &runner.Fake{}
 	cfg := Config{
-		AllowedUIDs: []uint32{uint32(os.Getuid()), 65534},
-		SocketGID:   -1,
-		StateDirs:   []string{state},
-		Runner:      fake,
-		Logger:      logging.New(log, logLevelDebug, "helper"),
+		Grants:    helperapi.Grants{Users: []helperapi.Grant{victim, attacker}},
+		StateFile: filepath.Join(t.TempDir(), "state", "state.json"),
+		Logger:    logging.New(log, slog.LevelDebug, "helper"),
+	}
+	if os.Getuid() != 0 {
+		cfg.Grants.Users = append(cfg.Grants.Users, selfGrant())
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -97,7 +122,7 @@ func startHelperAt(t *testing.T, sock string, mode os.FileMode, opts ...harnessO
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := Listen(sock, mode, -1)
+	ln, err := Listen(sock, mode)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,57 +140,26 @@ func startHelperAt(t *testing.T, sock string, mode os.FileMode, opts ...harnessO
 		case <-time.After(10 * time.Second):
 			t.Errorf("server did not stop")
 		}
-		if unmet := fake.Unmet(); len(unmet) > 0 {
-			t.Errorf("expected commands not run: %q", unmet)
-		}
 	})
-	return &harness{h: h, socket: sock, client: helperapi.NewClient(sock), log: log, stateDir: state, fake: fake}
+	c := helperapi.NewClient(sock)
+	c.VerifyPeer = rpc.PeerUIDs(uint32(os.Getuid())) // the helper is this process
+	return &harness{h: h, socket: sock, client: c, log: log, stateFile: cfg.StateFile}
 }
 
-const logLevelDebug = slog.LevelDebug
+// as returns a client that calls the helper as uid (its primary group the
+// same number), one child process per connection (testutil.DialAs).
+func (hs *harness) as(t *testing.T, uid uint32) *helperapi.Client {
+	t.Helper()
+	testutil.RequireRoot(t)
+	c := helperapi.NewClient(hs.socket)
+	c.Dial = testutil.DialerAs(uid, uid, hs.socket)
+	c.VerifyPeer = nil // a connection made by a child, to a helper that is this process
+	return c
+}
 
 // raw calls a method bypassing the typed client's validation.
 func (hs *harness) raw(ctx context.Context, method string, params any) error {
 	return hs.client.Call(ctx, method, params, nil)
-}
-
-// hostSnapshot is what a refused call must leave as it was.
-type hostSnapshot struct {
-	links []string
-	loops []string
-}
-
-func snapshotHost(t *testing.T) hostSnapshot {
-	t.Helper()
-	var s hostSnapshot
-	ifs, err := net.Interfaces()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, i := range ifs {
-		s.links = append(s.links, i.Name)
-	}
-	names, _ := filepath.Glob("/sys/block/loop*")
-	for _, n := range names {
-		if raw, err := os.ReadFile(filepath.Join(n, "loop", "backing_file")); err == nil {
-			s.loops = append(s.loops, filepath.Base(n)+"="+string(raw))
-		}
-	}
-	return s
-}
-
-func (s hostSnapshot) diff(t *testing.T, after hostSnapshot) {
-	t.Helper()
-	for _, l := range after.links {
-		if !slices.Contains(s.links, l) {
-			t.Errorf("a link appeared: %s", l)
-		}
-	}
-	for _, l := range after.loops {
-		if !slices.Contains(s.loops, l) {
-			t.Errorf("a loop device was attached: %s", l)
-		}
-	}
 }
 
 func wantCode(t *testing.T, what string, err error, code rpc.Code) {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/banger-dev/banger/internal/helperapi"
@@ -19,20 +21,26 @@ func TestVersion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v.Version != version.String() || v.PID != os.Getpid() {
+	if v.Version != version.String() || v.PID != os.Getpid() || v.UID != uint32(os.Getuid()) {
 		t.Errorf("version = %+v", v)
 	}
 	if !slices.Equal(v.Methods, helperapi.Methods) {
 		t.Errorf("served methods %v, helperapi.Methods %v", v.Methods, helperapi.Methods)
 	}
+	if os.Getuid() == 0 && v.Grant != nil {
+		t.Errorf("root got a grant: %+v", v.Grant)
+	}
+	if os.Getuid() != 0 && (v.Grant == nil || *v.Grant != selfGrant()) {
+		t.Errorf("grant %+v, want %+v", v.Grant, selfGrant())
+	}
 }
 
 func TestAuthorize(t *testing.T) {
-	h, err := New(Config{AllowedUIDs: []uint32{1000}})
+	h, err := New(Config{Grants: helperapi.Grants{Users: []helperapi.Grant{victim}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for uid, ok := range map[uint32]bool{0: true, 1000: true, 1001: false, 65534: false} {
+	for uid, ok := range map[uint32]bool{0: true, victimUID: true, attackerUID: false, 65534: false} {
 		err := h.Authorize(rpc.PeerCred{UID: uid, PID: 42})
 		if (err == nil) != ok {
 			t.Errorf("uid %d: %v", uid, err)
@@ -45,14 +53,84 @@ func TestAuthorize(t *testing.T) {
 
 func TestConfigRefused(t *testing.T) {
 	for _, cfg := range []Config{
-		{StateDirs: []string{"relative"}},
-		{StateDirs: []string{"/"}},
-		{StateDirs: []string{"/var/lib/../lib/banger"}},
-		{AllowedUIDs: []uint32{1<<32 - 1}},
+		{Grants: helperapi.Grants{Users: []helperapi.Grant{victim, victim}}},
+		{Grants: helperapi.Grants{Users: []helperapi.Grant{{User: "x", UID: 5, Net: 1, Subnet: "8.8.8.0/24"}}}},
+		{StateFile: "relative/state.json"},
 	} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("%+v accepted", cfg)
 		}
+	}
+}
+
+// The owners' records survive a restart of the helper: a new one reading
+// the same state file knows them; a corrupt file is refused, naming it.
+func TestOwnersPersist(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "d", "state.json")
+	o, err := loadOwners(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.set(kindTap, "tap1-pool-0", victimUID); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.set(kindBridge, "banger1", victimUID); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.drop(kindBridge, "banger1"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(filepath.Dir(path))
+	if err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("state directory mode %v, %v", st.Mode(), err)
+	}
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("state file mode %v, %v", st.Mode(), err)
+	}
+	again, err := loadOwners(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uid, ok := again.owner(kindTap, "tap1-pool-0"); !ok || uid != victimUID {
+		t.Errorf("tap owner after reload: %d %v", uid, ok)
+	}
+	if _, ok := again.owner(kindBridge, "banger1"); ok {
+		t.Errorf("a dropped record came back")
+	}
+	if err := os.WriteFile(path, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadOwners(path); err == nil || !strings.Contains(err.Error(), path) {
+		t.Errorf("corrupt file: %v", err)
+	}
+}
+
+// claim: a recorded owner is the only non-root user who may act on an
+// object; an unrecorded one goes to the caller (a TAP only when the kernel
+// says the caller owns it), and root claims nothing.
+func TestClaim(t *testing.T) {
+	h, err := New(Config{Grants: helperapi.Grants{Users: []helperapi.Grant{victim, attacker}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, a, root := rpc.PeerCred{UID: victimUID}, rpc.PeerCred{UID: attackerUID}, rpc.PeerCred{}
+	if err := h.claim(v, kindBridge, "banger1", nil); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, "another's bridge", h.claim(a, kindBridge, "banger1", nil), rpc.CodeForbidden)
+	if err := h.claim(root, kindBridge, "banger1", nil); err != nil {
+		t.Errorf("root refused: %v", err)
+	}
+	if uid, _ := h.owners.owner(kindBridge, "banger1"); uid != victimUID {
+		t.Errorf("root's call changed the owner to %d", uid)
+	}
+	kernel := uint32(victimUID)
+	wantCode(t, "a tap the kernel gives to another", h.claim(a, kindTap, "tap2-x", &kernel), rpc.CodeForbidden)
+	if _, ok := h.owners.owner(kindTap, "tap2-x"); ok {
+		t.Errorf("a refused claim was recorded")
+	}
+	if err := h.claim(v, kindTap, "tap1-x", &kernel); err != nil {
+		t.Errorf("own unrecorded tap: %v", err)
 	}
 }
 
@@ -71,14 +149,14 @@ func TestOneLogLinePerCall(t *testing.T) {
 		{method: helperapi.MethodBridgeEnsure, code: rpc.CodeBadRequest, do: func(ctx context.Context) error {
 			return hs.raw(ctx, helperapi.MethodBridgeEnsure, map[string]string{"name": "eth0", "cidr": "10.77.0.1/24"})
 		}},
-		{method: helperapi.MethodLoopAttach, code: rpc.CodeBadRequest, do: func(ctx context.Context) error {
-			return hs.raw(ctx, helperapi.MethodLoopAttach, map[string]any{"path": "/etc/passwd", "unknown": 1})
+		{method: "loop.attach", code: rpc.CodeUnknownMethod, do: func(ctx context.Context) error {
+			return hs.raw(ctx, "loop.attach", map[string]any{"path": "/etc/passwd"})
 		}},
 		{method: "shell.run", code: rpc.CodeUnknownMethod, do: func(ctx context.Context) error {
 			return hs.raw(ctx, "shell.run", nil)
 		}},
-		{method: helperapi.MethodTapCreate, code: rpc.CodeForbidden, do: func(ctx context.Context) error {
-			return hs.raw(ctx, helperapi.MethodTapCreate, helperapi.TapCreateParams{Name: "tap-x", Bridge: "banger0", UID: 4242, GID: 0})
+		{method: helperapi.MethodTapCreate, code: rpc.CodeBadRequest, do: func(ctx context.Context) error {
+			return hs.raw(ctx, helperapi.MethodTapCreate, map[string]any{"name": "tap7-x", "bridge": "banger7", "uid": 0})
 		}},
 	}
 	for i := range calls {

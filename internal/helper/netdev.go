@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-dev/banger/internal/helperapi"
+	"github.com/banger-dev/banger/internal/hostnet"
 	"github.com/banger-dev/banger/internal/rpc"
 )
 
@@ -30,33 +32,81 @@ func linkByName(name string) (netlink.Link, error) {
 	return l, nil
 }
 
-// bridgeEnsure makes the bridge exist, carry exactly the IPv4 address p.CIDR
-// and be up.
-func (h *Helper) bridgeEnsure(ctx context.Context, _ rpc.PeerCred, p helperapi.BridgeEnsureParams) (helperapi.BridgeResult, error) {
+// measure looks a link up and forgets the record of one that is gone.
+func (h *Helper) measure(kind, name string) (netlink.Link, error) {
+	l, err := linkByName(name)
+	if err == nil && l == nil {
+		err = h.owners.drop(kind, name)
+	}
+	return l, err
+}
+
+// checkSubnetFree refuses a subnet that overlaps an address or route of
+// the host that is not on the bridge itself, or another user's grant.
+func (h *Helper) checkSubnetFree(caller rpc.PeerCred, bridge string, subnet netip.Prefix) error {
+	for _, g := range h.grants.Users {
+		if g.UID != caller.UID && g.Prefix().Overlaps(subnet) && g.Bridge() != bridge {
+			return fmt.Errorf("subnet %s overlaps %s's grant %s: %w", subnet, g.User, g.Subnet, rpc.ErrConflict)
+		}
+	}
+	uses, err := hostnet.List()
+	if err != nil {
+		return err
+	}
+	if clash := hostnet.Clashes(uses, subnet, bridge); len(clash) > 0 {
+		var s []string
+		for _, c := range clash {
+			s = append(s, c.String())
+		}
+		return rpc.WithHint(fmt.Errorf("subnet %s overlaps what the host already uses: %s: %w", subnet, strings.Join(s, "; "), rpc.ErrConflict),
+			"choose a free private subnet: sudo banger system install --user NAME --subnet CIDR (as root: network.subnet in the config)")
+	}
+	return nil
+}
+
+// bridgeEnsure makes the bridge exist, carry exactly the IPv4 address
+// p.CIDR, have IPv6 off and be up.
+func (h *Helper) bridgeEnsure(ctx context.Context, caller rpc.PeerCred, p helperapi.BridgeEnsureParams) (helperapi.BridgeResult, error) {
 	var res helperapi.BridgeResult
 	prefix := netip.MustParsePrefix(p.CIDR) // validated
 
 	// Measure.
-	l, err := linkByName(p.Name)
+	l, err := h.measure(kindBridge, p.Name)
 	if err != nil {
 		return res, err
 	}
+	if l != nil {
+		if l.Type() != "bridge" {
+			return res, fmt.Errorf("link %s exists and is a %s, not a bridge: %w", p.Name, l.Type(), rpc.ErrConflict)
+		}
+		if err := h.claim(caller, kindBridge, p.Name, nil); err != nil {
+			return res, err
+		}
+	}
+	if err := h.checkSubnetFree(caller, p.Name, prefix.Masked()); err != nil {
+		return res, err
+	}
+
+	// Act: create (down), IPv6 off before it comes up, exactly this IPv4
+	// address, up.
 	created := false
 	if l == nil {
-		// Act: create.
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: p.Name}}
 		if err := netlink.LinkAdd(br); err != nil {
 			return res, fmt.Errorf("creating bridge %s: %w", p.Name, err)
 		}
 		created = true
+		if err := h.owners.set(kindBridge, p.Name, caller.UID); err != nil {
+			netlink.LinkDel(br)
+			return res, err
+		}
 		if l, err = netlink.LinkByName(p.Name); err != nil {
 			return res, fmt.Errorf("bridge %s: created but not found: %w", p.Name, err)
 		}
-	} else if l.Type() != "bridge" {
-		return res, fmt.Errorf("link %s exists and is a %s, not a bridge: %w", p.Name, l.Type(), rpc.ErrConflict)
 	}
-
-	// Act: exactly this IPv4 address.
+	if err := ipv6Off(p.Name); err != nil {
+		return res, err
+	}
 	if err := ensureOnlyAddr(l, prefix); err != nil {
 		return res, fmt.Errorf("bridge %s: %w", p.Name, err)
 	}
@@ -81,7 +131,7 @@ func (h *Helper) bridgeEnsure(ctx context.Context, _ rpc.PeerCred, p helperapi.B
 		return res, fmt.Errorf("verifying bridge %s: addresses %v, want only %s", p.Name, addrs, prefix)
 	}
 	if created {
-		h.log.InfoContext(ctx, "bridge created", "bridge", p.Name, "cidr", p.CIDR)
+		h.log.InfoContext(ctx, "bridge created", "bridge", p.Name, "cidr", p.CIDR, "owner", caller.UID)
 	}
 	return helperapi.BridgeResult{Name: p.Name, Index: l.Attrs().Index, Created: created}, nil
 }
@@ -122,20 +172,23 @@ func ensureOnlyAddr(l netlink.Link, want netip.Prefix) error {
 	return nil
 }
 
-// bridgeDelete deletes the bridge; a missing one is not an error.
-func (h *Helper) bridgeDelete(ctx context.Context, _ rpc.PeerCred, p helperapi.BridgeDeleteParams) (helperapi.DeleteResult, error) {
-	return h.deleteLink(ctx, p.Name, "bridge")
+// bridgeDelete deletes the caller's bridge; a missing one is not an error.
+func (h *Helper) bridgeDelete(ctx context.Context, caller rpc.PeerCred, p helperapi.BridgeDeleteParams) (helperapi.DeleteResult, error) {
+	return h.deleteLink(ctx, caller, kindBridge, p.Name, "bridge")
 }
 
-// deleteLink deletes the link name of the given type (bridge, tuntap).
-func (h *Helper) deleteLink(ctx context.Context, name, typ string) (helperapi.DeleteResult, error) {
+// deleteLink deletes the caller's link name of type typ (bridge, tuntap).
+func (h *Helper) deleteLink(ctx context.Context, caller rpc.PeerCred, kind, name, typ string) (helperapi.DeleteResult, error) {
 	// Measure.
-	l, err := linkByName(name)
+	l, err := h.measure(kind, name)
 	if err != nil || l == nil {
 		return helperapi.DeleteResult{}, err
 	}
 	if l.Type() != typ {
 		return helperapi.DeleteResult{}, fmt.Errorf("link %s is a %s, not a %s: %w", name, l.Type(), typ, rpc.ErrConflict)
+	}
+	if err := h.claim(caller, kind, name, kernelOwner(l)); err != nil {
+		return helperapi.DeleteResult{}, err
 	}
 	// Act.
 	if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
@@ -147,63 +200,91 @@ func (h *Helper) deleteLink(ctx context.Context, name, typ string) (helperapi.De
 	} else if l != nil {
 		return helperapi.DeleteResult{}, fmt.Errorf("%s %s still present after delete", typ, name)
 	}
+	if err := h.owners.drop(kind, name); err != nil {
+		return helperapi.DeleteResult{}, err
+	}
 	h.log.InfoContext(ctx, typ+" deleted", "link", name)
 	return helperapi.DeleteResult{Deleted: true}, nil
 }
 
-// tapCreate makes the TAP exist (persistent, owned by p.UID and p.GID),
-// attached to p.Bridge and up.
+// kernelOwner is a TAP's owner as the kernel keeps it (nil for other
+// links; root for a TAP without an owner, which only root may use).
+func kernelOwner(l netlink.Link) *uint32 {
+	t, ok := l.(*netlink.Tuntap)
+	if !ok {
+		return nil
+	}
+	uid := t.Owner
+	if uid == 1<<32-1 {
+		uid = 0
+	}
+	return &uid
+}
+
+// callersBridge returns the bridge name, which must exist and be the
+// caller's.
+func (h *Helper) callersBridge(caller rpc.PeerCred, name string) (netlink.Link, error) {
+	br, err := h.measure(kindBridge, name)
+	if err != nil {
+		return nil, err
+	}
+	if br == nil || br.Type() != "bridge" {
+		return nil, fmt.Errorf("argument bridge %q: no such bridge (run bridge.ensure first): %w", name, rpc.ErrNotFound)
+	}
+	return br, h.claim(caller, kindBridge, name, nil)
+}
+
+// tapCreate makes the TAP exist (persistent, owned by the caller), with
+// IPv6 off, attached to the caller's bridge p.Bridge and up.
 func (h *Helper) tapCreate(ctx context.Context, caller rpc.PeerCred, p helperapi.TapCreateParams) (helperapi.TapResult, error) {
 	var res helperapi.TapResult
-	if err := h.checkUID("uid", p.UID); err != nil {
-		return res, err
-	}
-	if err := h.checkGID(caller, p.GID); err != nil {
-		return res, err
-	}
-	br, err := linkByName(p.Bridge)
+	br, err := h.callersBridge(caller, p.Bridge)
 	if err != nil {
 		return res, err
 	}
-	if br == nil || br.Type() != "bridge" {
-		return res, fmt.Errorf("argument bridge %q: no such bridge (run bridge.ensure first): %w", p.Bridge, rpc.ErrNotFound)
-	}
 
 	// Measure.
-	l, err := linkByName(p.Name)
+	l, err := h.measure(kindTap, p.Name)
 	if err != nil {
 		return res, err
 	}
 	created := false
-	if l == nil {
-		// Act: create. IFF_TUN_EXCL makes a TAP created meanwhile by someone
-		// else an error rather than silently ours.
+	if l != nil {
+		t, ok := l.(*netlink.Tuntap)
+		if !ok || t.Mode != netlink.TUNTAP_MODE_TAP || t.Flags&netlink.TUNTAP_MULTI_QUEUE != 0 {
+			return res, fmt.Errorf("link %s exists and is a %s, not a single-queue tap: %w", p.Name, l.Type(), rpc.ErrConflict)
+		}
+		if err := h.claim(caller, kindTap, p.Name, kernelOwner(l)); err != nil {
+			return res, err
+		}
+	} else {
+		// Act: create, owned by the caller and nobody else (the kernel
+		// wants the opener to be the owner and in the group; the group is
+		// the caller's own). IFF_TUN_EXCL makes a TAP created meanwhile by
+		// someone else an error rather than silently ours.
 		tap := &netlink.Tuntap{
 			LinkAttrs: netlink.LinkAttrs{Name: p.Name},
 			Mode:      netlink.TUNTAP_MODE_TAP,
 			Flags:     netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_TUN_EXCL,
-			Owner:     p.UID,
-			Group:     p.GID,
+			Owner:     caller.UID,
+			Group:     caller.GID,
 		}
 		if err := netlink.LinkAdd(tap); err != nil {
 			return res, fmt.Errorf("creating tap %s: %w", p.Name, err)
 		}
 		created = true
+		if err := h.owners.set(kindTap, p.Name, caller.UID); err != nil {
+			netlink.LinkDel(tap)
+			return res, err
+		}
 		if l, err = netlink.LinkByName(p.Name); err != nil {
 			return res, fmt.Errorf("tap %s: created but not found: %w", p.Name, err)
 		}
 	}
-	t, ok := l.(*netlink.Tuntap)
-	if !ok || t.Mode != netlink.TUNTAP_MODE_TAP {
-		return res, fmt.Errorf("link %s exists and is a %s, not a tap: %w", p.Name, l.Type(), rpc.ErrConflict)
+	// Act: IPv6 off, attach, up.
+	if err := ipv6Off(p.Name); err != nil {
+		return res, err
 	}
-	if t.Owner != p.UID || t.Group != p.GID {
-		return res, fmt.Errorf("tap %s exists owned by %d:%d, not %d:%d; delete it first: %w", p.Name, t.Owner, t.Group, p.UID, p.GID, rpc.ErrConflict)
-	}
-	if t.Flags&netlink.TUNTAP_MULTI_QUEUE != 0 {
-		return res, fmt.Errorf("tap %s exists as a multi-queue tap; delete it first: %w", p.Name, rpc.ErrConflict)
-	}
-	// Act: attach and bring up.
 	if l.Attrs().MasterIndex != br.Attrs().Index {
 		if err := netlink.LinkSetMasterByIndex(l, br.Attrs().Index); err != nil {
 			return res, fmt.Errorf("attaching tap %s to %s: %w", p.Name, p.Bridge, err)
@@ -221,23 +302,16 @@ func (h *Helper) tapCreate(ctx context.Context, caller rpc.PeerCred, p helperapi
 	if l.Attrs().MasterIndex != br.Attrs().Index || l.Attrs().Flags&net.FlagUp == 0 {
 		return res, fmt.Errorf("verifying tap %s: not up on %s", p.Name, p.Bridge)
 	}
+	if o := kernelOwner(l); caller.UID != 0 && (o == nil || *o != caller.UID) {
+		return res, fmt.Errorf("verifying tap %s: the kernel does not give it to uid %d", p.Name, caller.UID)
+	}
 	if created {
-		h.log.InfoContext(ctx, "tap created", "tap", p.Name, "bridge", p.Bridge, "uid", p.UID, "gid", p.GID)
+		h.log.InfoContext(ctx, "tap created", "tap", p.Name, "bridge", p.Bridge, "owner", caller.UID)
 	}
 	return helperapi.TapResult{Name: p.Name, Index: l.Attrs().Index, Created: created}, nil
 }
 
-// tapDelete deletes the TAP; a missing one is not an error. A non-root
-// caller may delete only its own TAPs.
+// tapDelete deletes the caller's TAP; a missing one is not an error.
 func (h *Helper) tapDelete(ctx context.Context, caller rpc.PeerCred, p helperapi.TapDeleteParams) (helperapi.DeleteResult, error) {
-	if caller.UID != 0 {
-		l, err := linkByName(p.Name)
-		if err != nil || l == nil {
-			return helperapi.DeleteResult{}, err
-		}
-		if t, ok := l.(*netlink.Tuntap); ok && t.Owner != caller.UID {
-			return helperapi.DeleteResult{}, fmt.Errorf("tap %s is owned by uid %d, not by the caller (uid %d): %w", p.Name, t.Owner, caller.UID, rpc.ErrForbidden)
-		}
-	}
-	return h.deleteLink(ctx, p.Name, "tuntap")
+	return h.deleteLink(ctx, caller, kindTap, p.Name, "tuntap")
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/logging"
 	"github.com/banger-dev/banger/internal/paths"
-	"github.com/banger-dev/banger/internal/runner"
 	"github.com/banger-dev/banger/internal/version"
 )
 
@@ -24,25 +23,61 @@ import (
 type Options struct {
 	// Socket is the unix socket to listen on.
 	Socket string
-	// SocketMode is the socket file's mode (default 0660).
+	// SocketMode is the socket file's mode (default 0666: anyone may
+	// connect; the helper admits callers by SO_PEERCRED and the grants).
 	SocketMode os.FileMode
-	// SocketGID is the socket file's group; -1 leaves it root's.
-	SocketGID int
-	// AllowUIDs may call the helper besides root.
-	AllowUIDs []uint32
-	// StateDirs are the state roots.
-	StateDirs []string
-	// BuildDir is the root-only scratch directory of image builds.
-	BuildDir string
+	// GrantsFile holds the grants (helperapi.Grants); "" means none: root
+	// only. It must be a regular file that only root can write.
+	GrantsFile string
+	// StateFile records the owners of the objects the helper made.
+	StateFile string
 	// LogFile receives the JSON log; "" means stderr.
 	LogFile string
 	// LogLevel is the lowest level logged.
 	LogLevel slog.Level
 }
 
+// DefaultStateFile is the helper's owner records, in the unit's
+// StateDirectory.
+const DefaultStateFile = "/var/lib/banger-helper/state.json"
+
 // DefaultOptions are the flags' defaults.
 func DefaultOptions() Options {
-	return Options{Socket: paths.HelperSocket, SocketMode: 0o660, SocketGID: -1, BuildDir: helperapi.DefaultBuildDir}
+	return Options{Socket: paths.HelperSocket, SocketMode: 0o666, GrantsFile: helperapi.DefaultGrantsFile, StateFile: DefaultStateFile}
+}
+
+// LoadGrants reads the grants file, which must be a regular file owned by
+// root and writable by nobody else (a grant is root's word). A missing
+// file means no grants.
+func LoadGrants(path string) (helperapi.Grants, error) {
+	var gs helperapi.Grants
+	if path == "" {
+		return gs, nil
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return gs, nil
+	}
+	if err != nil {
+		return gs, fmt.Errorf("grants file %s: %w", path, err)
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return gs, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Uid != 0 || st.Mode&0o022 != 0 {
+		return gs, fmt.Errorf("grants file %s must be a regular file owned by root and writable by root only (uid %d, mode %o)", path, st.Uid, st.Mode&0o7777)
+	}
+	raw, err := io.ReadAll(io.LimitReader(f, 1<<20))
+	if err != nil {
+		return gs, err
+	}
+	gs, err = helperapi.ParseGrants(raw)
+	if err != nil {
+		return gs, fmt.Errorf("grants file %s: %w", path, err)
+	}
+	return gs, nil
 }
 
 // Run serves the helper on o.Socket until ctx is done, then waits for the
@@ -61,30 +96,25 @@ func Run(ctx context.Context, o Options, stderr io.Writer) error {
 		w = f
 	}
 	logger := logging.New(w, o.LogLevel, "helper")
-
-	h, err := New(Config{
-		AllowedUIDs: o.AllowUIDs,
-		SocketGID:   o.SocketGID,
-		StateDirs:   o.StateDirs,
-		BuildDir:    o.BuildDir,
-		Runner:      &runner.Exec{},
-		Logger:      logger,
-	})
+	grants, err := LoadGrants(o.GrantsFile)
 	if err != nil {
 		return err
 	}
-	for _, d := range o.StateDirs {
-		if _, err := os.Stat(d); err != nil {
-			logger.Warn("state root not present (yet); nothing under it can be attached until it exists", "state_dir", d)
-		}
+	h, err := New(Config{Grants: grants, StateFile: o.StateFile, Logger: logger})
+	if err != nil {
+		return err
 	}
-	ln, err := Listen(o.Socket, o.SocketMode, o.SocketGID)
+	ln, err := Listen(o.Socket, o.SocketMode)
 	if err != nil {
 		return err
 	}
 	srv := h.NewServer()
+	var users []string
+	for _, g := range grants.Users {
+		users = append(users, fmt.Sprintf("%s(uid %d): %s %s", g.User, g.UID, g.Bridge(), g.Subnet))
+	}
 	logger.Info("helper listening", "socket", o.Socket, "socket_mode", fmt.Sprintf("%04o", o.SocketMode),
-		"socket_gid", o.SocketGID, "allow_uids", o.AllowUIDs, "state_dirs", o.StateDirs, "build_dir", o.BuildDir,
+		"grants_file", o.GrantsFile, "grants", users, "state_file", o.StateFile,
 		"version", version.String(), "pid", os.Getpid())
 	err = srv.Serve(ctx, ln)
 	ln.Close()
@@ -96,11 +126,11 @@ func Run(ctx context.Context, o Options, stderr io.Writer) error {
 	return nil
 }
 
-// Listen creates the helper's socket at path with the given mode and group
-// (gid -1: root's). A stale socket is replaced; a live one (another helper
+// Listen creates the helper's socket at path with the given mode. A stale
+// socket is replaced; a live one (another helper
 // answering) is an error. The socket is created 0600 and only then opened up
 // to mode, and it is removed when the listener closes.
-func Listen(path string, mode os.FileMode, gid int) (*net.UnixListener, error) {
+func Listen(path string, mode os.FileMode) (*net.UnixListener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("creating the socket directory: %w", err)
 	}
@@ -125,12 +155,6 @@ func Listen(path string, mode os.FileMode, gid int) (*net.UnixListener, error) {
 		return nil, fmt.Errorf("listening on %s: %w", path, err)
 	}
 	ln.SetUnlinkOnClose(true)
-	if gid >= 0 {
-		if err := os.Lchown(path, -1, gid); err != nil {
-			ln.Close()
-			return nil, fmt.Errorf("giving %s to group %d: %w", path, gid, err)
-		}
-	}
 	if err := os.Chmod(path, mode.Perm()); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("chmod %s: %w", path, err)

@@ -71,7 +71,7 @@ func (h *Helper) tapOpen(ctx context.Context, caller rpc.PeerCred, p helperapi.T
 // callersTap returns the TAP name when it exists and belongs to the caller
 // (any TAP for root).
 func (h *Helper) callersTap(caller rpc.PeerCred, name string) (netlink.Link, error) {
-	l, err := linkByName(name)
+	l, err := h.measure(kindTap, name)
 	if err != nil {
 		return nil, err
 	}
@@ -79,8 +79,5 @@ func (h *Helper) callersTap(caller rpc.PeerCred, name string) (netlink.Link, err
 	if l == nil || !ok || t.Mode != netlink.TUNTAP_MODE_TAP {
 		return nil, fmt.Errorf("argument name %q: no such tap: %w", name, rpc.ErrNotFound)
 	}
-	if caller.UID != 0 && t.Owner != caller.UID {
-		return nil, fmt.Errorf("tap %s is owned by uid %d, not by the caller (uid %d): %w", name, t.Owner, caller.UID, rpc.ErrForbidden)
-	}
-	return l, nil
+	return l, h.claim(caller, kindTap, name, kernelOwner(l))
 }

@@ -15,8 +15,14 @@ type Client struct {
 	*rpc.Client
 }
 
-// NewClient returns a client for the helper's socket.
-func NewClient(socket string) *Client { return &Client{Client: rpc.NewClient(socket)} }
+// NewClient returns a client for the helper's socket that talks only to a
+// helper run by root: a socket served by anyone else (another user who got
+// there first) is refused before anything is sent.
+func NewClient(socket string) *Client {
+	c := rpc.NewClient(socket)
+	c.VerifyPeer = rpc.PeerUIDs(0)
+	return &Client{Client: c}
+}
 
 func call[P interface{ Validate() error }, R any](ctx context.Context, c *Client, method string, p P) (R, error) {
 	var r R
@@ -43,7 +49,7 @@ func (c *Client) DeleteBridge(ctx context.Context, name string) (DeleteResult, e
 	return call[BridgeDeleteParams, DeleteResult](ctx, c, MethodBridgeDelete, BridgeDeleteParams{Name: name})
 }
 
-// CreateTap creates the TAP (owned by p.UID/p.GID) if missing, attaches it
+// CreateTap creates the TAP (owned by the caller) if missing, attaches it
 // to p.Bridge and brings it up.
 func (c *Client) CreateTap(ctx context.Context, p TapCreateParams) (TapResult, error) {
 	return call[TapCreateParams, TapResult](ctx, c, MethodTapCreate, p)
@@ -54,7 +60,8 @@ func (c *Client) DeleteTap(ctx context.Context, name string) (DeleteResult, erro
 	return call[TapDeleteParams, DeleteResult](ctx, c, MethodTapDelete, TapDeleteParams{Name: name})
 }
 
-// EnsureNAT (re)writes the bridge's NAT table and turns on IPv4 forwarding.
+// EnsureNAT (re)writes the bridge's NAT table and turns on IPv4 forwarding
+// for the bridge and its uplinks.
 func (c *Client) EnsureNAT(ctx context.Context, p NATEnsureParams) (NATResult, error) {
 	return call[NATEnsureParams, NATResult](ctx, c, MethodNATEnsure, p)
 }
@@ -62,35 +69,6 @@ func (c *Client) EnsureNAT(ctx context.Context, p NATEnsureParams) (NATResult, e
 // DeleteNAT deletes the bridge's NAT table; a missing table is not an error.
 func (c *Client) DeleteNAT(ctx context.Context, bridge string) (DeleteResult, error) {
 	return call[NATDeleteParams, DeleteResult](ctx, c, MethodNATDelete, NATDeleteParams{Bridge: bridge})
-}
-
-// AttachLoop attaches the file at path (under a state root) to a loop
-// device, or returns the device it is already attached to.
-func (c *Client) AttachLoop(ctx context.Context, path string, readOnly bool) (LoopAttachResult, error) {
-	return call[LoopAttachParams, LoopAttachResult](ctx, c, MethodLoopAttach, LoopAttachParams{Path: path, ReadOnly: readOnly})
-}
-
-// DetachLoop detaches /dev/loopN; an unattached device is not an error, a
-// device still held (by a dm snapshot, say) is a conflict.
-func (c *Client) DetachLoop(ctx context.Context, device string) (DeleteResult, error) {
-	return call[LoopDetachParams, DeleteResult](ctx, c, MethodLoopDetach, LoopDetachParams{Device: device})
-}
-
-// CreateDMSnapshot creates the snapshot device if missing and chowns its
-// node to p.UID.
-func (c *Client) CreateDMSnapshot(ctx context.Context, p DMSnapshotCreateParams) (DMSnapshotResult, error) {
-	return call[DMSnapshotCreateParams, DMSnapshotResult](ctx, c, MethodDMSnapshotCreate, p)
-}
-
-// RemoveDMSnapshot removes the snapshot device; a missing one is not an
-// error.
-func (c *Client) RemoveDMSnapshot(ctx context.Context, name string) (DeleteResult, error) {
-	return call[DMSnapshotRemoveParams, DeleteResult](ctx, c, MethodDMSnapshotRemove, DMSnapshotRemoveParams{Name: name})
-}
-
-// ChownDevice makes uid the owner of a device node banger created.
-func (c *Client) ChownDevice(ctx context.Context, device string, uid uint32) (ChownDeviceResult, error) {
-	return call[ChownDeviceParams, ChownDeviceResult](ctx, c, MethodChownDevice, ChownDeviceParams{Device: device, UID: uid})
 }
 
 // OpenTap asks the helper to open the caller's TAP and returns the open
@@ -116,8 +94,8 @@ func (c *Client) OpenTap(ctx context.Context, name string) (*os.File, TapOpenRes
 	return files[0], r, nil
 }
 
-// DNSListen asks for UDP and TCP sockets bound to address:53 (a banger
-// bridge's address), returned open: udp first, then tcp.
+// DNSListen asks for UDP and TCP sockets bound to address:53 (the gateway
+// of the caller's bridge), returned open: udp first, then tcp.
 func (c *Client) DNSListen(ctx context.Context, address string) (udp, tcp *os.File, err error) {
 	p := DNSListenParams{Address: address}
 	if err := p.Validate(); err != nil {

@@ -36,41 +36,34 @@ func TestDistUnitIsDefaultRendering(t *testing.T) {
 
 func TestUnitFileTemplated(t *testing.T) {
 	o := DefaultUnitOptions()
-	o.SocketGID = 1000
-	o.AllowUIDs = []uint32{1000, 1001}
-	o.StateDirs = []string{"/home/me/.local/state/banger", `/home/John "JD" Doe/100%/$HOME/state`}
+	o.LogLevel = "debug"
+	o.GrantsFile = "/etc/banger/other.json"
 	if err := o.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	u := UnitFile(o)
 	for _, want := range []string{
-		"ExecStart=/usr/local/libexec/banger/banger-helper \\\n    --socket /run/banger/helper.sock \\\n    --socket-mode 0660 \\\n    --socket-group 1000 \\\n    --allow-uid 1000 \\\n    --allow-uid 1001 \\\n",
-		"    --state-dir /home/me/.local/state/banger \\\n",
-		`    --state-dir "/home/John \"JD\" Doe/100%%/$$HOME/state" \` + "\n",
-		"    --log /var/log/banger/helper.log \\\n    --log-level info\n",
-		"ReadWritePaths=-/home/me/.local/state/banger\n",
-		`ReadWritePaths="-/home/John \"JD\" Doe/100%%/$$HOME/state"` + "\n",
-		"Type=simple\n", "RuntimeDirectory=banger\n", "RuntimeDirectoryPreserve=yes\n", "NoNewPrivileges=yes\n", "ProtectHome=no\n",
+		"ExecStart=/usr/local/libexec/banger/banger-helper \\\n    --socket /run/banger/helper.sock \\\n    --socket-mode 0666 \\\n    --grants /etc/banger/other.json \\\n",
+		"    --state-file /var/lib/banger-helper/state.json \\\n    --log /var/log/banger/helper.log \\\n    --log-level debug\n",
+		"CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE\n",
+		"ProtectKernelTunables=yes\n", "ReadWritePaths=/proc/sys/net\n", "PrivateDevices=yes\n",
+		"DeviceAllow=/dev/net/tun rw\n", "ProtectHome=yes\n", "RestrictNamespaces=yes\n",
+		"Type=simple\n", "RuntimeDirectory=banger\n", "RuntimeDirectoryPreserve=yes\n", "NoNewPrivileges=yes\n",
 	} {
 		if !strings.Contains(u, want) {
 			t.Errorf("unit lacks %q:\n%s", want, u)
 		}
-	}
-	if strings.Contains(u, "ReadWritePaths=-/var/lib/banger") {
-		t.Errorf("unit keeps the default state dir although StateDirs was set")
 	}
 	verifyUnit(t, u)
 }
 
 func TestUnitOptionsValidate(t *testing.T) {
 	for _, mod := range []func(*UnitOptions){
-		func(o *UnitOptions) { o.StateDirs = []string{"relative"} },
-		func(o *UnitOptions) { o.StateDirs = []string{"/home/me\n[Service]\nExecStartPre=/bin/sh"} },
-		func(o *UnitOptions) { o.StateDirs = nil },
+		func(o *UnitOptions) { o.StateFile = "relative" },
+		func(o *UnitOptions) { o.GrantsFile = "/etc/banger\n[Service]\nExecStartPre=/bin/sh" },
+		func(o *UnitOptions) { o.GrantsFile = "/etc/banger/a b.json" },
 		func(o *UnitOptions) { o.BinaryPath = "/usr/bin/../bin/sh" },
-		func(o *UnitOptions) { o.AllowUIDs = []uint32{1<<32 - 1} },
-		func(o *UnitOptions) { o.SocketGID = -2 },
-		func(o *UnitOptions) { o.SocketMode = 0o4660 },
+		func(o *UnitOptions) { o.LogFile = "/var/log/%n" },
 		func(o *UnitOptions) { o.LogLevel = "info\nUser=nobody" },
 	} {
 		o := DefaultUnitOptions()
