@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,19 +18,52 @@ import (
 // daemonStartTimeout bounds how long the CLI waits for a bangerd it started.
 const daemonStartTimeout = 15 * time.Second
 
+// newClient is the one maker of the CLI's clients for bangerd. Each trusts
+// only the user's own daemon: the runtime directory must pass
+// paths.EnsureRuntimeDir (else every call fails with its refusal, without
+// connecting), and the socket must be served by the user's uid or root
+// (verifyDaemon). Both refusals are rpc.ErrForbidden, which no caller takes
+// for "no daemon".
+func (a *app) newClient() *rpc.Client {
+	c := &rpc.Client{SocketPath: a.layout.DaemonSocket(), VerifyPeer: a.verifyDaemon}
+	if err := a.layout.EnsureRuntime(); err != nil {
+		c.Dial = func(context.Context) (net.Conn, error) { return nil, err }
+	}
+	return c
+}
+
+// verifyDaemon accepts a daemon socket served by the user's own uid or by
+// root, and refuses any other with what to do.
+func (a *app) verifyDaemon(cred rpc.PeerCred) error {
+	me := uint32(os.Getuid())
+	if rpc.PeerUIDs(me, 0)(cred) == nil {
+		return nil
+	}
+	return rpc.WithHint(
+		fmt.Errorf("it is served by uid %d (pid %d), not by you (uid %d) or root: this is not your bangerd, so banger sends it nothing", cred.UID, cred.PID, me),
+		fmt.Sprintf("do not use that socket: remove it (rm %s), or point banger at a directory only you own (XDG_RUNTIME_DIR or BANGER_RUNTIME_DIR); then run the command again, and banger starts your own daemon",
+			a.layout.DaemonSocket()))
+}
+
+// refused reports whether err is a refusal (of the runtime directory, of
+// the socket's server, or of the socket's permissions): never a reason to
+// start a daemon, nor a sign that none runs.
+func refused(err error) bool { return errors.Is(err, rpc.ErrForbidden) }
+
 // client returns a client for bangerd, starting the daemon when its socket
 // does not answer.
 func (a *app) client(ctx context.Context) (*rpc.Client, error) {
-	c := rpc.NewClient(a.layout.DaemonSocket())
+	c := a.newClient()
 	err := ping(ctx, c)
 	if err == nil {
 		return c, nil
 	}
-	// A daemon that answers with an error is there; anything else (no
-	// socket, a stale one, a connection reset by a daemon dying right now)
-	// means start one. Losing the start race to another is harmless.
+	// A daemon that answers with an error is there, and a refused one is
+	// not ours; anything else (no socket, a stale one, a connection reset
+	// by a daemon dying right now) means start one. Losing the start race
+	// to another is harmless.
 	var er *rpc.ErrorResponse
-	if errors.As(err, &er) {
+	if errors.As(err, &er) || refused(err) {
 		return nil, err
 	}
 	if err := a.startDaemon(ctx, c); err != nil {
@@ -38,10 +72,14 @@ func (a *app) client(ctx context.Context) (*rpc.Client, error) {
 	return c, nil
 }
 
-// existingClient returns a client only when bangerd already answers.
+// existingClient returns a client only when bangerd already answers, or
+// when the daemon's socket or directory is refused: then ok is true and the
+// caller's call fails with the refusal, rather than taking it for no
+// daemon.
 func (a *app) existingClient(ctx context.Context) (*rpc.Client, bool) {
-	c := rpc.NewClient(a.layout.DaemonSocket())
-	return c, ping(ctx, c) == nil
+	c := a.newClient()
+	err := ping(ctx, c)
+	return c, err == nil || refused(err)
 }
 
 func ping(ctx context.Context, c *rpc.Client) error {
@@ -89,7 +127,7 @@ func (a *app) startDaemon(ctx context.Context, c *rpc.Client) error {
 			return nil
 		}
 		var er *rpc.ErrorResponse
-		if errors.As(err, &er) {
+		if errors.As(err, &er) || refused(err) {
 			return err
 		}
 		select {
@@ -132,11 +170,15 @@ func findBangerd() (string, error) {
 
 // waitGone waits until nothing answers on the daemon socket.
 func (a *app) waitGone(ctx context.Context, timeout time.Duration) error {
-	c := rpc.NewClient(a.layout.DaemonSocket())
+	c := a.newClient()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		if err := ping(ctx, c); err != nil && (rpc.IsUnreachable(err) || errors.Is(err, context.DeadlineExceeded)) {
+		err := ping(ctx, c)
+		if err != nil && (rpc.IsUnreachable(err) || errors.Is(err, context.DeadlineExceeded)) {
 			return nil
+		}
+		if refused(err) {
+			return err
 		}
 		time.Sleep(25 * time.Millisecond)
 	}

@@ -5,11 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
@@ -213,19 +217,9 @@ func (a *app) sshRun(ctx context.Context, c *rpc.Client, name string, command []
 	if err := c.Call(ctx, api.MethodVMSSHInfo, api.VMRef{Name: name}, &info); err != nil {
 		return 0, err
 	}
-	args := []string{
-		"-i", info.KeyPath, "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
-		"-o", "UserKnownHostsFile=" + info.KnownHosts, "-o", "StrictHostKeyChecking=yes",
-		"-o", "HostKeyAlias=" + info.Host, "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
-	}
-	if interactive {
-		args = append(args, "-t")
-	} else {
-		args = append(args, "-o", "BatchMode=yes")
-	}
-	args = append(args, info.User+"@"+info.Host)
-	if len(command) > 0 {
-		args = append(args, "--", remoteCommand(command))
+	args, err := sshArgv(info, command, interactive)
+	if err != nil {
+		return 0, err
 	}
 	sshBin := "ssh"
 	cmd := exec.CommandContext(ctx, sshBin, args...)
@@ -233,7 +227,7 @@ func (a *app) sshRun(ctx context.Context, c *rpc.Client, name string, command []
 	if !interactive {
 		cmd.Stdin = nil
 	}
-	err := cmd.Run()
+	err = cmd.Run()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
@@ -245,6 +239,92 @@ func (a *app) sshRun(ctx context.Context, c *rpc.Client, name string, command []
 		return 0, rpc.WithHint(fmt.Errorf("running ssh: %w", err), "install openssh-client")
 	}
 	return 0, nil
+}
+
+// sshArgv is the argv of the system's ssh (without "ssh") for a VM: banger's
+// options, then "--", then user@host and the remote command, so nothing
+// after the options is ever parsed as one. Everything in info came from
+// the daemon and is checked first: a user name, an IP address or DNS name,
+// and absolute clean paths that ssh will neither split nor expand. A
+// value that fails is refused (rpc.ErrForbidden) rather than handed to ssh.
+func sshArgv(info api.SSHInfo, command []string, interactive bool) ([]string, error) {
+	if err := checkSSHInfo(info); err != nil {
+		return nil, rpc.WithHint(fmt.Errorf("refusing to run ssh for vm %q: %w", info.Name, err),
+			"bangerd never answers this: check who serves its socket (banger daemon status) and stop that daemon (banger daemon stop)")
+	}
+	args := []string{
+		"-i", info.KeyPath, "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+		"-o", "UserKnownHostsFile=" + info.KnownHosts, "-o", "StrictHostKeyChecking=yes",
+		"-o", "HostKeyAlias=" + info.Host, "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
+	}
+	if interactive {
+		args = append(args, "-t")
+	} else {
+		args = append(args, "-o", "BatchMode=yes")
+	}
+	args = append(args, "--", info.User+"@"+info.Host)
+	if len(command) > 0 {
+		args = append(args, remoteCommand(command))
+	}
+	return args, nil
+}
+
+// sshUser is what banger accepts as an SSH login name from the daemon.
+var sshUser = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+
+// dnsLabel is one label of a host name.
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// checkSSHInfo validates the daemon's answer to vm.ssh_info.
+func checkSSHInfo(info api.SSHInfo) error {
+	if !sshUser.MatchString(info.User) {
+		return rpc.Errorf(rpc.ErrForbidden, "the daemon's ssh user %q is not a user name (want %s)", info.User, sshUser)
+	}
+	if err := checkSSHHost(info.Host); err != nil {
+		return err
+	}
+	if err := checkSSHPath("key path", info.KeyPath); err != nil {
+		return err
+	}
+	return checkSSHPath("known_hosts path", info.KnownHosts)
+}
+
+// checkSSHHost accepts an IP address literal (without a zone) or a DNS name
+// of lower-case labels.
+func checkSSHHost(host string) error {
+	if addr, err := netip.ParseAddr(host); err == nil {
+		if addr.Zone() != "" {
+			return rpc.Errorf(rpc.ErrForbidden, "the daemon's ssh host %q has a zone", host)
+		}
+		return nil
+	}
+	labels := strings.Split(strings.TrimSuffix(host, "."), ".")
+	ok := host != "" && len(host) <= 253
+	for _, l := range labels {
+		ok = ok && dnsLabel.MatchString(l)
+	}
+	if !ok {
+		return rpc.Errorf(rpc.ErrForbidden, "the daemon's ssh host %q is neither an IP address nor a DNS name", host)
+	}
+	return nil
+}
+
+// checkSSHPath accepts an absolute, clean path without the characters ssh
+// would split an option value at or expand (whitespace, quotes, backslash,
+// '%', '$') and without control characters. Absolute, it cannot start with '-'.
+func checkSSHPath(what, p string) error {
+	bad := func(why string) error {
+		return rpc.Errorf(rpc.ErrForbidden, "the daemon's %s %q %s", what, p, why)
+	}
+	if !filepath.IsAbs(p) || filepath.Clean(p) != p {
+		return bad("is not an absolute, clean path")
+	}
+	for _, r := range p {
+		if unicode.IsControl(r) || unicode.IsSpace(r) || strings.ContainsRune(`"'\%$`, r) {
+			return bad(fmt.Sprintf("holds %q, which ssh would split or expand (move banger's state to a path without it)", r))
+		}
+	}
+	return nil
 }
 
 func (a *app) vmListCommand() *cobra.Command {

@@ -98,6 +98,9 @@ func TestRootUnprivilegedDaemonRefusedByHelper(t *testing.T) {
 	if err := os.Chmod(e.Root, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Chmod(e.RunDir, 0o700); err != nil { // banger trusts only a private runtime dir
+		t.Fatal(err)
+	}
 	helperDir := filepath.Join(e.Root, "helper")
 	os.MkdirAll(helperDir, 0o755)
 	helperSock := filepath.Join(helperDir, "helper.sock")
