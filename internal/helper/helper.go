@@ -23,9 +23,11 @@ package helper
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 
 	"github.com/banger-dev/banger/internal/helperapi"
@@ -86,6 +88,7 @@ func (h *Helper) Authorize(cred rpc.PeerCred) error {
 func (h *Helper) NewServer() *rpc.Server {
 	s := rpc.NewServer("helper", h.log)
 	s.Authorize = h.Authorize
+	s.MaxConnsPerUID = rpc.SharedMaxConnsPerUID
 	h.Register(s)
 	return s
 }
@@ -93,7 +96,8 @@ func (h *Helper) NewServer() *rpc.Server {
 // Register adds the helper's methods to s.
 func (h *Helper) Register(s *rpc.Server) {
 	handle(h, s, helperapi.MethodVersion, false, func(_ context.Context, c rpc.PeerCred, _ helperapi.VersionParams) (helperapi.VersionResult, error) {
-		r := helperapi.VersionResult{Version: version.String(), PID: os.Getpid(), Methods: s.Methods(), UID: c.UID}
+		methods := slices.DeleteFunc(s.Methods(), func(m string) bool { _, gone := removed[m]; return gone })
+		r := helperapi.VersionResult{Version: version.String(), PID: os.Getpid(), Methods: methods, UID: c.UID}
 		if g, ok := h.grants.For(c.UID); ok {
 			r.Grant = &g
 		}
@@ -107,6 +111,26 @@ func (h *Helper) Register(s *rpc.Server) {
 	handle(h, s, helperapi.MethodTapDelete, true, h.tapDelete)
 	handle(h, s, helperapi.MethodTapOpen, false, h.tapOpen)
 	handle(h, s, helperapi.MethodDNSListen, false, h.dnsListen)
+	for m, why := range removed {
+		s.Handle(m, func(context.Context, json.RawMessage) (any, error) {
+			return nil, rpc.WithHint(fmt.Errorf("%s is no longer a helper method: %s: %w", m, why, rpc.ErrBadRequest),
+				"upgrade bangerd to the helper's release (banger daemon stop, then any banger command)")
+		})
+	}
+}
+
+// removed are the methods earlier helpers served, with why they are gone;
+// a daemon of an older release calling one is told so (bad_request).
+var removed = map[string]string{
+	"image.bootstrap":    "images are built by bangerd as its user (mmdebstrap --mode=unshare)",
+	"image.configure":    "images are built by bangerd as its user (mmdebstrap --mode=unshare)",
+	"image.pack":         "images are built by bangerd as its user (mmdebstrap --mode=unshare)",
+	"image.discard":      "images are built by bangerd as its user (mmdebstrap --mode=unshare)",
+	"loop.attach":        "the helper makes no loop devices",
+	"loop.detach":        "the helper makes no loop devices",
+	"dm.snapshot.create": "the helper makes no device-mapper devices",
+	"dm.snapshot.remove": "the helper makes no device-mapper devices",
+	"chown.device":       "the helper hands no device node to anyone",
 }
 
 // handle registers fn behind the gate: peer known, params valid and within

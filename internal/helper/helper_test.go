@@ -149,7 +149,7 @@ func TestOneLogLinePerCall(t *testing.T) {
 		{method: helperapi.MethodBridgeEnsure, code: rpc.CodeBadRequest, do: func(ctx context.Context) error {
 			return hs.raw(ctx, helperapi.MethodBridgeEnsure, map[string]string{"name": "eth0", "cidr": "10.77.0.1/24"})
 		}},
-		{method: "loop.attach", code: rpc.CodeUnknownMethod, do: func(ctx context.Context) error {
+		{method: "loop.attach", code: rpc.CodeBadRequest, do: func(ctx context.Context) error {
 			return hs.raw(ctx, "loop.attach", map[string]any{"path": "/etc/passwd"})
 		}},
 		{method: "shell.run", code: rpc.CodeUnknownMethod, do: func(ctx context.Context) error {

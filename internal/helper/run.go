@@ -46,40 +46,6 @@ func DefaultOptions() Options {
 	return Options{Socket: paths.HelperSocket, SocketMode: 0o666, GrantsFile: helperapi.DefaultGrantsFile, StateFile: DefaultStateFile}
 }
 
-// LoadGrants reads the grants file, which must be a regular file owned by
-// root and writable by nobody else (a grant is root's word). A missing
-// file means no grants.
-func LoadGrants(path string) (helperapi.Grants, error) {
-	var gs helperapi.Grants
-	if path == "" {
-		return gs, nil
-	}
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if errors.Is(err, os.ErrNotExist) {
-		return gs, nil
-	}
-	if err != nil {
-		return gs, fmt.Errorf("grants file %s: %w", path, err)
-	}
-	defer f.Close()
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return gs, err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Uid != 0 || st.Mode&0o022 != 0 {
-		return gs, fmt.Errorf("grants file %s must be a regular file owned by root and writable by root only (uid %d, mode %o)", path, st.Uid, st.Mode&0o7777)
-	}
-	raw, err := io.ReadAll(io.LimitReader(f, 1<<20))
-	if err != nil {
-		return gs, err
-	}
-	gs, err = helperapi.ParseGrants(raw)
-	if err != nil {
-		return gs, fmt.Errorf("grants file %s: %w", path, err)
-	}
-	return gs, nil
-}
-
 // Run serves the helper on o.Socket until ctx is done, then waits for the
 // calls in flight and removes the socket.
 func Run(ctx context.Context, o Options, stderr io.Writer) error {
@@ -96,7 +62,7 @@ func Run(ctx context.Context, o Options, stderr io.Writer) error {
 		w = f
 	}
 	logger := logging.New(w, o.LogLevel, "helper")
-	grants, err := LoadGrants(o.GrantsFile)
+	grants, err := helperapi.LoadGrants(o.GrantsFile)
 	if err != nil {
 		return err
 	}

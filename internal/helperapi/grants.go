@@ -3,12 +3,17 @@ package helperapi
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
+	"os"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/banger-dev/banger/internal/rpc"
 )
@@ -225,4 +230,38 @@ func (p DNSListenParams) CheckGrant(g Grant) error {
 		return notGranted(g, "address", p.Address, "gateway "+g.GatewayAddr())
 	}
 	return nil
+}
+
+// LoadGrants reads the grants file, which must be a regular file owned by
+// root and writable by nobody else (a grant is root's word). A missing
+// file means no grants.
+func LoadGrants(path string) (Grants, error) {
+	var gs Grants
+	if path == "" {
+		return gs, nil
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return gs, nil
+	}
+	if err != nil {
+		return gs, fmt.Errorf("grants file %s: %w", path, err)
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return gs, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Uid != 0 || st.Mode&0o022 != 0 {
+		return gs, fmt.Errorf("grants file %s must be a regular file owned by root and writable by root only (uid %d, mode %o)", path, st.Uid, st.Mode&0o7777)
+	}
+	raw, err := io.ReadAll(io.LimitReader(f, 1<<20))
+	if err != nil {
+		return gs, err
+	}
+	gs, err = ParseGrants(raw)
+	if err != nil {
+		return gs, fmt.Errorf("grants file %s: %w", path, err)
+	}
+	return gs, nil
 }

@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"compress/gzip"
 	"context"
-	"encoding/hex"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -65,32 +63,6 @@ func CheckDevice(path string) (exists, openable bool, err error) {
 	return true, true, nil
 }
 
-// DeviceMapperAvailable reports whether the kernel has device-mapper: the
-// control node exists and the misc device is registered.
-func DeviceMapperAvailable() (bool, string) {
-	if _, err := os.Stat("/dev/mapper/control"); err != nil {
-		if miscHas("device-mapper") {
-			return false, "the kernel registers device-mapper but /dev/mapper/control is missing"
-		}
-		return false, "this kernel has no device-mapper (no /dev/mapper/control, none in /proc/misc)"
-	}
-	return true, "/dev/mapper/control present"
-}
-
-func miscHas(name string) bool {
-	b, err := os.ReadFile("/proc/misc")
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 2 && f[1] == name {
-			return true
-		}
-	}
-	return false
-}
-
 // NFTablesAvailable reports whether the kernel has nf_tables: loaded as a
 // module, built in (modules.builtin, /proc/config.gz), or loadable.
 func NFTablesAvailable() (bool, string) {
@@ -143,67 +115,4 @@ func FreeBytes(path string) (uint64, error) {
 		return 0, err
 	}
 	return st.Bavail * uint64(st.Bsize), nil
-}
-
-// Route is an IPv4 route of the host's main table.
-type Route struct {
-	Iface  string
-	Prefix netip.Prefix
-}
-
-// IPv4Routes reads the host's IPv4 routes from /proc/net/route (readable by
-// any user; no privileges or netlink socket needed).
-func IPv4Routes() ([]Route, error) {
-	f, err := os.Open("/proc/net/route")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []Route
-	sc := bufio.NewScanner(f)
-	sc.Scan() // header
-	for sc.Scan() {
-		fl := strings.Fields(sc.Text())
-		if len(fl) < 8 {
-			continue
-		}
-		dst, err1 := leHexIP(fl[1])
-		mask, err2 := leHexIP(fl[7])
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		bits := 0
-		for _, b := range mask.As4() {
-			for i := 7; i >= 0; i-- {
-				if b&(1<<i) != 0 {
-					bits++
-				}
-			}
-		}
-		out = append(out, Route{Iface: fl[0], Prefix: netip.PrefixFrom(dst, bits).Masked()})
-	}
-	return out, sc.Err()
-}
-
-func leHexIP(s string) (netip.Addr, error) {
-	b, err := hex.DecodeString(s)
-	if err != nil || len(b) != 4 {
-		return netip.Addr{}, fmt.Errorf("bad address %q", s)
-	}
-	return netip.AddrFrom4([4]byte{b[3], b[2], b[1], b[0]}), nil
-}
-
-// SubnetClashes lists the routes, other than the default route and those on
-// banger's own bridge, that overlap subnet.
-func SubnetClashes(routes []Route, subnet netip.Prefix, bridge string) []Route {
-	var out []Route
-	for _, r := range routes {
-		if r.Iface == bridge || r.Prefix.Bits() == 0 {
-			continue
-		}
-		if r.Prefix.Overlaps(subnet) {
-			out = append(out, r)
-		}
-	}
-	return out
 }

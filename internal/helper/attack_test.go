@@ -1,0 +1,667 @@
+package helper
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/banger-dev/banger/internal/helperapi"
+	"github.com/banger-dev/banger/internal/op"
+	"github.com/banger-dev/banger/internal/rpc"
+	"github.com/banger-dev/banger/internal/testutil"
+)
+
+// The regression tests of issue 11's review: each finding is an attack by
+// an allowed user (the attacker, uid 60101, network 2) on a victim (uid
+// 60102, network 1) or on the host, through the helper's real socket,
+// inside a network namespace of the test's own with an uplink (up0,
+// 192.168.90.2/24, default route through a LAN peer at 192.168.90.1 in a
+// second namespace). Each refused call must come back forbidden or
+// bad_request, be logged exactly once with its op id, and leave the host as
+// it was: links, addresses, routes and neighbours of every table and
+// family, the nftables ruleset, the forwarding and IPv6 sysctls, port 53
+// sockets, the helper's records, and the owners of /dev/loop*. Findings 6
+// and 7 are proven with real packets written into the attacker's TAP;
+// finding 8 (the CLI) is tests/integration/trust_test.go; finding 1's
+// hostile mirror is internal/imagebuild's.
+
+// world is a namespace set up for the attacks.
+type world struct {
+	hs       *harness
+	victim   *helperapi.Client
+	attacker *helperapi.Client
+	lan      netns.NsHandle // the LAN peer's namespace
+}
+
+func setupWorld(t *testing.T) *world {
+	t.Helper()
+	w := &world{}
+	w.lan = lanPeer(t)
+	w.hs = startHelper(t)
+	w.victim = w.hs.as(t, victimUID)
+	w.attacker = w.hs.as(t, attackerUID)
+	ctx := context.Background()
+	for _, u := range []struct {
+		c *helperapi.Client
+		g helperapi.Grant
+	}{{w.victim, victim}, {w.attacker, attacker}} {
+		if _, err := u.c.EnsureBridge(ctx, helperapi.BridgeEnsureParams{Name: u.g.Bridge(), CIDR: u.g.Gateway()}); err != nil {
+			t.Fatalf("%s's bridge: %v", u.g.User, err)
+		}
+		if _, err := u.c.EnsureNAT(ctx, helperapi.NATEnsureParams{Bridge: u.g.Bridge(), Subnet: u.g.Subnet}); err != nil {
+			t.Fatalf("%s's NAT: %v", u.g.User, err)
+		}
+		if _, err := u.c.CreateTap(ctx, helperapi.TapCreateParams{Name: u.g.TapPrefix() + "pool-0", Bridge: u.g.Bridge()}); err != nil {
+			t.Fatalf("%s's TAP: %v", u.g.User, err)
+		}
+	}
+	return w
+}
+
+// lanPeer moves up0's peer into a new namespace as 192.168.90.1/24 (the
+// LAN and its gateway) and gives up0 192.168.90.2/24 and the default route.
+func lanPeer(t *testing.T) netns.NsHandle {
+	t.Helper()
+	addUplink(t)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	lan, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netns.Set(orig); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lan.Close() })
+	peer, err := netlink.LinkByName("up0peer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetNsFd(peer, int(lan)); err != nil {
+		t.Fatal(err)
+	}
+	h, err := netlink.NewHandleAt(lan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	for _, name := range []string{"lo", "up0peer"} {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name == "up0peer" {
+			a, _ := netlink.ParseAddr("192.168.90.1/24")
+			if err := h.AddrAdd(l, a); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return lan
+}
+
+// listenIn opens a UDP socket in namespace ns.
+func listenIn(t *testing.T, ns netns.NsHandle, addr string) net.PacketConn {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, _ := netns.Get()
+	defer orig.Close()
+	if err := netns.Set(ns); err != nil {
+		t.Fatal(err)
+	}
+	defer netns.Set(orig)
+	pc, err := net.ListenPacket("udp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return pc
+}
+
+// hostState is everything a refused call must leave as it was.
+func hostState(t *testing.T, hs *harness) string {
+	t.Helper()
+	var b strings.Builder
+	links, err := netlink.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		fmt.Fprintf(&b, "link %s %s master=%d up=%v", a.Name, l.Type(), a.MasterIndex, a.Flags&net.FlagUp != 0)
+		if tt, ok := l.(*netlink.Tuntap); ok {
+			fmt.Fprintf(&b, " owner=%d group=%d", tt.Owner, tt.Group)
+		}
+		b.WriteString("\n")
+	}
+	var lines []string
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		addrs, _ := netlink.AddrList(nil, fam)
+		for _, a := range addrs {
+			lines = append(lines, fmt.Sprintf("addr %d %s", a.LinkIndex, a.IPNet))
+		}
+		routes, _ := netlink.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+		for _, r := range routes {
+			lines = append(lines, fmt.Sprintf("route t%d %v via %v dev %d", r.Table, r.Dst, r.Gw, r.LinkIndex))
+		}
+		neigh, _ := netlink.NeighList(0, fam)
+		for _, n := range neigh {
+			// Claims the host makes (static or proxy entries), not the
+			// multicast entries the kernel adds as links join groups.
+			if (n.State&(netlink.NUD_PERMANENT|netlink.NUD_NOARP) != 0 || n.Flags&netlink.NTF_PROXY != 0) && !n.IP.IsMulticast() {
+				lines = append(lines, fmt.Sprintf("neigh %d %s %s state=%d", n.LinkIndex, n.IP, n.HardwareAddr, n.State))
+			}
+		}
+	}
+	sort.Strings(lines)
+	b.WriteString(strings.Join(lines, "\n") + "\n")
+	out, err := exec.Command("nft", "list", "ruleset").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list ruleset: %v: %s", err, out)
+	}
+	b.Write(out)
+	sysctls, _ := filepath.Glob("/proc/sys/net/ipv4/conf/*/forwarding")
+	more, _ := filepath.Glob("/proc/sys/net/ipv6/conf/*/accept_ra")
+	more2, _ := filepath.Glob("/proc/sys/net/ipv6/conf/*/disable_ipv6")
+	for _, p := range slices.Concat([]string{"/proc/sys/net/ipv4/ip_forward"}, sysctls, more, more2) {
+		raw, _ := os.ReadFile(p)
+		fmt.Fprintf(&b, "%s=%s", p, raw)
+	}
+	for _, p := range []string{"/proc/net/udp", "/proc/net/tcp"} {
+		raw, _ := os.ReadFile(p)
+		for _, l := range strings.Split(string(raw), "\n") {
+			if f := strings.Fields(l); len(f) > 2 && strings.HasSuffix(f[1], ":0035") {
+				fmt.Fprintf(&b, "%s listens %s\n", p, f[1])
+			}
+		}
+	}
+	state, _ := os.ReadFile(hs.stateFile)
+	b.WriteString("records " + string(state) + "\n")
+	loops, _ := filepath.Glob("/dev/loop*")
+	for _, l := range loops {
+		var st unix.Stat_t
+		if unix.Lstat(l, &st) == nil {
+			fmt.Fprintf(&b, "%s %d:%d %o\n", l, st.Uid, st.Gid, st.Mode)
+		}
+	}
+	return b.String()
+}
+
+// refusedOnce checks that the call with op id failed with one of codes,
+// that the helper logged it exactly once, and that the host did not change.
+func (w *world) refusedOnce(t *testing.T, what, id string, err error, before string, codes ...rpc.Code) {
+	t.Helper()
+	if err == nil {
+		t.Errorf("%s: succeeded", what)
+	} else if !slices.Contains(codes, rpc.CodeOf(err)) {
+		t.Errorf("%s: code %s, want one of %v (%v)", what, rpc.CodeOf(err), codes, err)
+	}
+	n := 0
+	for _, l := range w.hs.log.lines(t) {
+		if l["op_id"] == id && (l["msg"] == "helper rpc failed" || l["msg"] == "helper rpc completed") {
+			n++
+			if l["msg"] != "helper rpc failed" || !slices.Contains(codes, rpc.Code(fmt.Sprint(l["code"]))) {
+				t.Errorf("%s: log line %v", what, l)
+			}
+		}
+	}
+	if n != 1 {
+		t.Errorf("%s: %d log lines with op id %s, want 1", what, n, id)
+	}
+	if after := hostState(t, w.hs); after != before {
+		t.Errorf("%s changed the host:\n%s", what, lineDiff(before, after))
+	}
+}
+
+func lineDiff(a, b string) string {
+	as, bs := strings.Split(a, "\n"), strings.Split(b, "\n")
+	var out []string
+	for _, l := range as {
+		if !slices.Contains(bs, l) {
+			out = append(out, "- "+l)
+		}
+	}
+	for _, l := range bs {
+		if !slices.Contains(as, l) {
+			out = append(out, "+ "+l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// attack is one hostile call.
+type attack struct {
+	finding string
+	what    string
+	call    func(ctx context.Context, w *world) error
+	codes   []rpc.Code
+}
+
+var (
+	forbidden  = []rpc.Code{rpc.CodeForbidden}
+	badRequest = []rpc.Code{rpc.CodeBadRequest}
+)
+
+func rawCall(c *helperapi.Client, method string, params any) func(context.Context, *world) error {
+	return func(ctx context.Context, _ *world) error { return c.Call(ctx, method, params, nil) }
+}
+
+func TestAttacksRefusedNetNS(t *testing.T) {
+	if !testutil.InNetNS(t) {
+		return
+	}
+	testutil.RequireTool(t, "nft")
+	w := setupWorld(t)
+	a := w.attacker
+	attacks := []attack{
+		// 1. Image builds: no helper method takes a mirror, a suite or a
+		// package; the old ones are refused without running anything.
+		{"1", "image.bootstrap with a hostile mirror", rawCall(a, "image.bootstrap", map[string]any{
+			"build_id": "x", "suite": "noble", "mirror": "http://127.0.0.1:8000/", "packages": []string{}, "log_path": "/tmp/x"}), badRequest},
+		{"1", "image.configure", rawCall(a, "image.configure", map[string]any{"build_id": "x"}), badRequest},
+		{"1", "image.pack for uid 0", rawCall(a, "image.pack", map[string]any{"build_id": "x", "uid": 0}), badRequest},
+		// 2. Loop capture: no device node is handed to anyone.
+		{"2", "chown.device of a loop node", rawCall(a, "chown.device", map[string]any{"device": "/dev/loop0", "uid": attackerUID}), badRequest},
+		{"2", "loop.attach", rawCall(a, "loop.attach", map[string]any{"path": "/tmp/x.img"}), badRequest},
+		// 3. Host routes and addresses.
+		{"3", "a public /24 (re-routing 8.8.8.8)", rawCall(a, helperapi.MethodBridgeEnsure, helperapi.BridgeEnsureParams{Name: attacker.Bridge(), CIDR: "8.8.8.1/24"}), badRequest},
+		{"3", "the LAN's gateway on the attacker's bridge", rawCall(a, helperapi.MethodBridgeEnsure, helperapi.BridgeEnsureParams{Name: attacker.Bridge(), CIDR: "192.168.90.1/24"}), forbidden},
+		{"3", "the uplink's own subnet", rawCall(a, helperapi.MethodBridgeEnsure, helperapi.BridgeEnsureParams{Name: "banger7", CIDR: "192.168.90.129/25"}), forbidden},
+		{"3", "a subnet wider than the grant", rawCall(a, helperapi.MethodBridgeEnsure, helperapi.BridgeEnsureParams{Name: attacker.Bridge(), CIDR: "10.231.0.1/16"}), forbidden},
+		{"3", "masquerade of another subnet", rawCall(a, helperapi.MethodNATEnsure, helperapi.NATEnsureParams{Bridge: attacker.Bridge(), Subnet: "192.168.90.0/24"}), forbidden},
+		// 4. DNS hijack.
+		{"4", "port 53 on the victim's gateway", rawCall(a, helperapi.MethodDNSListen, helperapi.DNSListenParams{Address: victim.GatewayAddr()}), forbidden},
+		{"4", "port 53 on the uplink's address", rawCall(a, helperapi.MethodDNSListen, helperapi.DNSListenParams{Address: "192.168.90.2"}), forbidden},
+		{"4", "port 53 on 8.8.8.8", rawCall(a, helperapi.MethodDNSListen, helperapi.DNSListenParams{Address: "8.8.8.8"}), badRequest},
+		// 5. Other users' objects.
+		{"5", "re-address the victim's bridge", rawCall(a, helperapi.MethodBridgeEnsure, helperapi.BridgeEnsureParams{Name: victim.Bridge(), CIDR: victim.Gateway()}), forbidden},
+		{"5", "delete the victim's bridge", rawCall(a, helperapi.MethodBridgeDelete, helperapi.BridgeDeleteParams{Name: victim.Bridge()}), forbidden},
+		{"5", "rewrite the victim's NAT", rawCall(a, helperapi.MethodNATEnsure, helperapi.NATEnsureParams{Bridge: victim.Bridge(), Subnet: victim.Subnet}), forbidden},
+		{"5", "delete the victim's NAT", rawCall(a, helperapi.MethodNATDelete, helperapi.NATDeleteParams{Bridge: victim.Bridge()}), forbidden},
+		{"5", "the attacker's TAP on the victim's bridge", rawCall(a, helperapi.MethodTapCreate, helperapi.TapCreateParams{Name: attacker.TapPrefix() + "spy", Bridge: victim.Bridge()}), forbidden},
+		{"5", "a TAP in the victim's names", rawCall(a, helperapi.MethodTapCreate, helperapi.TapCreateParams{Name: victim.TapPrefix() + "spy", Bridge: attacker.Bridge()}), forbidden},
+		{"5", "delete the victim's TAP", rawCall(a, helperapi.MethodTapDelete, helperapi.TapDeleteParams{Name: victim.TapPrefix() + "pool-0"}), forbidden},
+		{"5", "open the victim's TAP", rawCall(a, helperapi.MethodTapOpen, helperapi.TapOpenParams{Name: victim.TapPrefix() + "pool-0"}), forbidden},
+		{"5", "discard the victim's image build", rawCall(a, "image.discard", map[string]any{"build_id": "victims-build"}), badRequest},
+		// 9. Deleted backing files: no loop device is detached or taken.
+		{"9", "loop.detach", rawCall(a, "loop.detach", map[string]any{"device": "/dev/loop0"}), badRequest},
+		{"9", "dm.snapshot.create", rawCall(a, "dm.snapshot.create", map[string]any{"name": "banger-x", "base_device": "/dev/loop0", "cow_device": "/dev/loop1", "uid": attackerUID}), badRequest},
+		// 11. Squatting: root's names, and TAPs owned by root on request.
+		{"11", "a TAP named like root's pool", rawCall(a, helperapi.MethodTapCreate, helperapi.TapCreateParams{Name: "tap-pool-0", Bridge: attacker.Bridge()}), forbidden},
+		{"11", "a TAP given to uid 0", rawCall(a, helperapi.MethodTapCreate, map[string]any{"name": attacker.TapPrefix() + "x", "bridge": attacker.Bridge(), "uid": 0, "gid": 0}), badRequest},
+		{"11", "the bridge root would use", rawCall(a, helperapi.MethodBridgeEnsure, helperapi.BridgeEnsureParams{Name: "banger0", CIDR: "172.30.77.1/24"}), forbidden},
+	}
+	before := hostState(t, w.hs)
+	for _, at := range attacks {
+		id := op.New()
+		err := at.call(op.With(context.Background(), id), w)
+		w.refusedOnce(t, "finding "+at.finding+": "+at.what, id, err, before, at.codes...)
+	}
+}
+
+// Finding 10: no method opens a path. A FIFO and a symlink the attacker
+// made are named in every string argument of every method, and the old
+// path-taking ones; nothing opens the FIFO even for a moment (a writer
+// blocked on it would be released by any reader), and nothing changes.
+func TestNoPathOpenedNetNS(t *testing.T) {
+	if !testutil.InNetNS(t) {
+		return
+	}
+	testutil.RequireTool(t, "nft")
+	w := setupWorld(t)
+	dir, err := os.MkdirTemp("", "banger-fifo-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/shadow", filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	opened := make(chan struct{})
+	go func() {
+		f, err := os.OpenFile(fifo, os.O_WRONLY, 0) // blocks until a reader opens it
+		if err == nil {
+			f.Close()
+		}
+		close(opened)
+	}()
+	before := hostState(t, w.hs)
+	paths := []string{fifo, filepath.Join(dir, "link"), filepath.Join(dir, "link", "..", "fifo")}
+	methods := append(slices.Clone(helperapi.Methods), "loop.attach", "image.bootstrap", "image.pack")
+	fields := []string{"name", "bridge", "cidr", "subnet", "egress", "address", "path", "log_path", "out_dir", "mirror", "suite"}
+	for _, m := range methods {
+		for _, p := range paths {
+			params := map[string]string{}
+			for _, f := range fields {
+				params[f] = p
+			}
+			id := op.New()
+			err := w.attacker.Call(op.With(context.Background(), id), m, params, nil)
+			w.refusedOnce(t, m+" with path "+p, id, err, before, rpc.CodeBadRequest)
+		}
+	}
+	select {
+	case <-opened:
+		t.Fatal("something opened the attacker's FIFO")
+	case <-time.After(200 * time.Millisecond):
+	}
+	// Release the writer.
+	if f, err := os.OpenFile(fifo, os.O_RDONLY|unix.O_NONBLOCK, 0); err == nil {
+		<-opened
+		f.Close()
+	}
+}
+
+// Finding 5 across a restart: the records, not the names, say who owns
+// what. A helper restarted with the attacker granted the victim's network
+// number still refuses the attacker the victim's objects, which exist.
+func TestOwnersOutliveGrantsNetNS(t *testing.T) {
+	if !testutil.InNetNS(t) {
+		return
+	}
+	w := setupWorld(t)
+	thief := helperapi.Grant{User: "attacker", UID: attackerUID, Net: victim.Net, Subnet: victim.Subnet}
+	hs2 := startHelper(t, func(c *Config) {
+		c.StateFile = w.hs.stateFile
+		c.Grants = helperapi.Grants{Users: []helperapi.Grant{thief}}
+	})
+	a := hs2.as(t, attackerUID)
+	ctx := context.Background()
+	for what, call := range map[string]func() error{
+		"delete the victim's TAP": func() error { _, err := a.DeleteTap(ctx, victim.TapPrefix()+"pool-0"); return err },
+		"open the victim's TAP":   func() error { _, _, err := a.OpenTap(ctx, victim.TapPrefix()+"pool-0"); return err },
+		"delete the victim's NAT": func() error { _, err := a.DeleteNAT(ctx, victim.Bridge()); return err },
+		"delete the victim's bridge": func() error {
+			_, err := a.DeleteBridge(ctx, victim.Bridge())
+			return err
+		},
+		"ensure the victim's bridge": func() error {
+			_, err := a.EnsureBridge(ctx, helperapi.BridgeEnsureParams{Name: victim.Bridge(), CIDR: victim.Gateway()})
+			return err
+		},
+	} {
+		wantCode(t, what, call(), rpc.CodeForbidden)
+	}
+	if _, err := netlink.LinkByName(victim.TapPrefix() + "pool-0"); err != nil {
+		t.Errorf("the victim's TAP is gone: %v", err)
+	}
+}
+
+// Finding 11: one user's connections cannot starve another's. The attacker
+// holds its whole budget with silent connections; its next one is refused
+// at once with unavailable, and the victim is still served.
+func TestConnectionBudgetNetNS(t *testing.T) {
+	if !testutil.InNetNS(t) {
+		return
+	}
+	hs := startHelper(t)
+	var held []net.Conn
+	t.Cleanup(func() {
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	for range rpc.SharedMaxConnsPerUID {
+		held = append(held, testutil.DialAs(t, attackerUID, attackerUID, hs.socket))
+	}
+	// The server counts a connection once it accepted it.
+	time.Sleep(200 * time.Millisecond)
+	_, err := hs.as(t, attackerUID).Version(context.Background())
+	wantCode(t, "the attacker's connection over budget", err, rpc.CodeUnavailable)
+	if v, err := hs.as(t, victimUID).Version(context.Background()); err != nil || v.UID != victimUID {
+		t.Errorf("the victim was not served while the attacker held its budget: %+v, %v", v, err)
+	}
+}
+
+// Finding 6: NAT carries banger's traffic only. Frames written into the
+// attacker's TAP (what its guest sends) with the guest's own source reach
+// the LAN, masqueraded to the uplink's address; with a forged source (a LAN
+// address, the victim's subnet) they reach neither the LAN nor the host.
+// Forwarding was switched on for the bridge and the uplink only.
+func TestNATSpoofingDroppedNetNS(t *testing.T) {
+	if !testutil.InNetNS(t) {
+		return
+	}
+	w := setupWorld(t)
+	lanRx := listenIn(t, w.lan, "192.168.90.1:9999")
+	hostRx, err := net.ListenPacket("udp4", attacker.GatewayAddr()+":9998")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostRx.Close()
+	tap := openTap(t, w.attacker, attacker.TapPrefix()+"pool-0")
+	defer tap.Close()
+	br, err := netlink.LinkByName(attacker.Bridge())
+	if err != nil {
+		t.Fatal(err)
+	}
+	guestMAC := net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}
+	send := func(src, dst string, port uint16, payload string) {
+		t.Helper()
+		frame := udpFrame(guestMAC, br.Attrs().HardwareAddr, netip.MustParseAddr(src), netip.MustParseAddr(dst), 4000, port, []byte(payload))
+		if _, err := tap.Write(append(make([]byte, 10), frame...)); err != nil { // a zero virtio_net_hdr first
+			t.Fatal(err)
+		}
+	}
+	recv := func(pc net.PacketConn) (string, string) {
+		buf := make([]byte, 1500)
+		pc.SetReadDeadline(time.Now().Add(time.Second))
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return "", ""
+		}
+		return string(buf[:n]), from.(*net.UDPAddr).IP.String()
+	}
+
+	// Control: the guest's own source gets out, masqueraded.
+	send("10.231.2.50", "192.168.90.1", 9999, "genuine")
+	if got, from := recv(lanRx); got != "genuine" || from != "192.168.90.2" {
+		t.Fatalf("the guest's genuine packet: got %q from %s, want it from 192.168.90.2 (masqueraded)", got, from)
+	}
+	send("10.231.2.50", attacker.GatewayAddr(), 9998, "to the host")
+	if got, _ := recv(hostRx); got != "to the host" {
+		t.Fatalf("the guest's genuine packet to the host: got %q", got)
+	}
+	// Forged sources go nowhere.
+	for _, src := range []string{"192.168.90.77", victim.GatewayAddr(), "10.231.1.50", "8.8.8.8"} {
+		send(src, "192.168.90.1", 9999, "forged "+src)
+		if got, from := recv(lanRx); got != "" {
+			t.Errorf("a packet forged from %s reached the LAN (as %q from %s)", src, got, from)
+		}
+		send(src, attacker.GatewayAddr(), 9998, "forged "+src)
+		if got, _ := recv(hostRx); got != "" {
+			t.Errorf("a packet forged from %s reached the host", src)
+		}
+	}
+	if f := sysctl(t, "/proc/sys/net/ipv4/ip_forward"); f != "0" {
+		t.Errorf("ip_forward = %s: forwarding was switched on for the whole host", f)
+	}
+}
+
+// Finding 7: a guest's router advertisement, written into the attacker's
+// TAP, gives the host neither a route nor an address. The same frame into
+// a TAP on a bridge made without the helper (IPv6 defaults) does: the
+// control that shows the frame is a working RA.
+func TestRouterAdvertisementIgnoredNetNS(t *testing.T) {
+	if !testutil.InNetNS(t) {
+		return
+	}
+	w := setupWorld(t)
+	// The control: a bridge and TAP with the kernel's defaults.
+	ctl := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "ctlbr"}}
+	if err := netlink.LinkAdd(ctl); err != nil {
+		t.Fatal(err)
+	}
+	ctlTap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "ctltap"}, Mode: netlink.TUNTAP_MODE_TAP, Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR}
+	if err := netlink.LinkAdd(ctlTap); err != nil {
+		t.Fatal(err)
+	}
+	ctlLink, _ := netlink.LinkByName("ctlbr")
+	tapLink, _ := netlink.LinkByName("ctltap")
+	netlink.LinkSetMaster(tapLink, ctlLink)
+	netlink.LinkSetUp(ctlLink)
+	netlink.LinkSetUp(tapLink)
+	ctlFD := openTapDirect(t, "ctltap")
+	defer ctlFD.Close()
+	attackerFD := openTap(t, w.attacker, attacker.TapPrefix()+"pool-0")
+	defer attackerFD.Close()
+
+	guestMAC := net.HardwareAddr{0x52, 0x54, 0, 0xab, 0xcd, 0xef}
+	ra := raFrame(guestMAC, netip.MustParsePrefix("2001:db8:77::/64"))
+	learned := func(link string) []string {
+		l, err := netlink.LinkByName(link)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		routes, _ := netlink.RouteList(l, netlink.FAMILY_V6)
+		for _, r := range routes {
+			if r.Dst == nil || strings.HasPrefix(r.Dst.String(), "2001:db8:") || r.Gw != nil {
+				got = append(got, fmt.Sprintf("route %v via %v", r.Dst, r.Gw))
+			}
+		}
+		addrs, _ := netlink.AddrList(l, netlink.FAMILY_V6)
+		for _, a := range addrs {
+			if a.IP.IsGlobalUnicast() {
+				got = append(got, "address "+a.IPNet.String())
+			}
+		}
+		return got
+	}
+	// The control bridge needs its link-local address (DAD) before it takes
+	// an RA; send until it learns, for a few seconds.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(learned("ctlbr")) == 0 && time.Now().Before(deadline) {
+		ctlFD.Write(append(make([]byte, 10), ra...))
+		time.Sleep(200 * time.Millisecond)
+	}
+	if got := learned("ctlbr"); len(got) == 0 {
+		t.Fatal("control: a bridge with IPv6 defaults did not take the RA; the test frame is not a working router advertisement")
+	} else {
+		t.Logf("control bridge learned from the RA: %v", got)
+	}
+	for range 10 {
+		if _, err := attackerFD.Write(append(make([]byte, 10), ra...)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	for _, link := range []string{attacker.Bridge(), victim.Bridge(), attacker.TapPrefix() + "pool-0", "up0"} {
+		if got := learned(link); len(got) > 0 {
+			t.Errorf("the guest's RA gave the host %v on %s", got, link)
+		}
+	}
+}
+
+// openTap gets the TAP's descriptor through the helper, as c.
+func openTap(t *testing.T, c *helperapi.Client, name string) *os.File {
+	t.Helper()
+	f, _, err := c.OpenTap(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// openTapDirect attaches to a TAP as root, without the helper.
+func openTapDirect(t *testing.T, name string) *os.File {
+	t.Helper()
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ifr, _ := unix.NewIfreq(name)
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	return os.NewFile(uintptr(fd), name)
+}
+
+// udpFrame is an Ethernet frame carrying an IPv4 UDP datagram.
+func udpFrame(src, dst net.HardwareAddr, sip, dip netip.Addr, sport, dport uint16, payload []byte) []byte {
+	udp := make([]byte, 8, 8+len(payload))
+	binary.BigEndian.PutUint16(udp[0:], sport)
+	binary.BigEndian.PutUint16(udp[2:], dport)
+	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
+	udp = append(udp, payload...) // checksum 0: none, allowed over IPv4
+	ip := make([]byte, 20)
+	ip[0], ip[8], ip[9] = 0x45, 64, syscall.IPPROTO_UDP
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
+	s4, d4 := sip.As4(), dip.As4()
+	copy(ip[12:], s4[:])
+	copy(ip[16:], d4[:])
+	binary.BigEndian.PutUint16(ip[10:], checksum(ip, 0))
+	return slices.Concat(dst, src, []byte{0x08, 0x00}, ip, udp)
+}
+
+// raFrame is an Ethernet frame carrying an ICMPv6 router advertisement
+// from fe80::5054:ff:feab:cdef: a high-preference default router for 30
+// minutes, with prefix for SLAAC.
+func raFrame(src net.HardwareAddr, prefix netip.Prefix) []byte {
+	ra := []byte{134, 0, 0, 0, 64, 0x08, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0}
+	ra = append(ra, 1, 1)
+	ra = append(ra, src...)
+	pi := make([]byte, 32)
+	pi[0], pi[1], pi[2], pi[3] = 3, 4, byte(prefix.Bits()), 0xc0
+	binary.BigEndian.PutUint32(pi[4:], 86400)
+	binary.BigEndian.PutUint32(pi[8:], 14400)
+	p16 := prefix.Addr().As16()
+	copy(pi[16:], p16[:])
+	ra = append(ra, pi...)
+	sip := netip.MustParseAddr("fe80::5054:ff:feab:cdef").As16()
+	dip := netip.MustParseAddr("ff02::1").As16()
+	pseudo := slices.Concat(sip[:], dip[:], binary.BigEndian.AppendUint32(nil, uint32(len(ra))), []byte{0, 0, 0, 58})
+	binary.BigEndian.PutUint16(ra[2:], checksum(slices.Concat(pseudo, ra), 0))
+	ip := make([]byte, 40)
+	ip[0] = 0x60
+	binary.BigEndian.PutUint16(ip[4:], uint16(len(ra)))
+	ip[6], ip[7] = 58, 255
+	copy(ip[8:], sip[:])
+	copy(ip[24:], dip[:])
+	return slices.Concat(net.HardwareAddr{0x33, 0x33, 0, 0, 0, 1}, src, []byte{0x86, 0xdd}, ip, ra)
+}
+
+func checksum(b []byte, sum uint32) uint16 {
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
