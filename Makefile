@@ -49,8 +49,9 @@ test-e2e: ## end-to-end tier: real daemon, helper, CLI and qemu VMs in a network
 test-all: lint test test-root test-e2e ## every tier, as CI runs them
 
 .PHONY: fuzz
-fuzz: ## fuzz the RPC request decoder for 30s
+fuzz: ## fuzz the RPC request decoder and the helper's gate, 30s each
 	$(GO) test -run XXX -fuzz FuzzDecodeRequest -fuzztime 30s ./internal/rpc/
+	$(GO) test -run XXX -fuzz FuzzGate -fuzztime 30s ./internal/helper/
 
 .PHONY: bench
 bench: ## Go benchmarks of the hot paths

@@ -43,6 +43,12 @@ func TestDeps(t *testing.T) {
 			"github.com/banger-dev/banger/internal/daemon",
 			"github.com/banger-dev/banger/internal/cli",
 			"github.com/banger-dev/banger/internal/config",
+			// It builds no image and runs no command.
+			"github.com/banger-dev/banger/internal/imagebuild",
+			"github.com/banger-dev/banger/internal/image",
+			"github.com/banger-dev/banger/internal/guest",
+			"github.com/banger-dev/banger/internal/disk",
+			"github.com/banger-dev/banger/internal/runner",
 			"modernc.org/sqlite",
 			"github.com/spf13/cobra",
 		} {
@@ -56,24 +62,24 @@ func TestDeps(t *testing.T) {
 func TestParseFlags(t *testing.T) {
 	var stderr bytes.Buffer
 	o, v, err := parseFlags([]string{
-		"--socket", "/run/x/h.sock", "--socket-mode", "0666", "--socket-group", "1000",
-		"--allow-uid", "1000", "--allow-uid", "1001", "--state-dir", "/var/lib/banger", "--state-dir", "/home/a/.local/state/banger",
-		"--log", "/var/log/banger/helper.log", "--log-level", "debug", "--build-dir", "/srv/banger-builds",
+		"--socket", "/run/x/h.sock", "--socket-mode", "0600", "--grants", "/etc/x.json", "--state-file", "/var/lib/x/s.json",
+		"--log", "/var/log/banger/helper.log", "--log-level", "debug",
 	}, &stderr)
 	if err != nil || v {
 		t.Fatal(err, v)
 	}
-	if o.Socket != "/run/x/h.sock" || o.SocketMode != 0o666 || o.SocketGID != 1000 ||
-		!slices.Equal(o.AllowUIDs, []uint32{1000, 1001}) || len(o.StateDirs) != 2 || o.LogFile != "/var/log/banger/helper.log" || o.LogLevel != -4 || o.BuildDir != "/srv/banger-builds" {
+	if o.Socket != "/run/x/h.sock" || o.SocketMode != 0o600 || o.GrantsFile != "/etc/x.json" || o.StateFile != "/var/lib/x/s.json" ||
+		o.LogFile != "/var/log/banger/helper.log" || o.LogLevel != -4 {
 		t.Errorf("options %+v", o)
 	}
 	d, _, err := parseFlags(nil, &stderr)
-	if err != nil || d.Socket != "/run/banger/helper.sock" || d.SocketMode != 0o660 || d.SocketGID != -1 || d.LogFile != "" || d.BuildDir != "/var/lib/banger-helper/builds" {
+	if err != nil || d.Socket != "/run/banger/helper.sock" || d.SocketMode != 0o666 || d.GrantsFile != helperapi.DefaultGrantsFile ||
+		d.StateFile != helperapi.DefaultStateFile || d.LogFile != "" {
 		t.Errorf("defaults %+v, %v", d, err)
 	}
 	for _, bad := range [][]string{
-		{"--allow-uid", "-1"}, {"--allow-uid", "x"}, {"--allow-uid", "4294967295"}, {"--socket-mode", "999"},
-		{"--socket-mode", "01777"}, {"--socket-group", "-5"}, {"--log-level", "loud"}, {"extra"},
+		{"--allow-uid", "1000"}, {"--state-dir", "/x"}, {"--socket-mode", "999"},
+		{"--socket-mode", "01777"}, {"--log-level", "loud"}, {"extra"},
 	} {
 		if _, _, err := parseFlags(bad, &stderr); err == nil {
 			t.Errorf("%q accepted", bad)
@@ -100,8 +106,12 @@ func TestBinaryServesAndStops(t *testing.T) {
 	}
 	sock := filepath.Join(dir, "run", "helper.sock")
 	logFile := filepath.Join(dir, "log", "helper.log")
-	cmd := exec.Command(bin, "--socket", sock, "--socket-mode", "0660", "--socket-group", "0",
-		"--allow-uid", "1000", "--state-dir", dir, "--log", logFile, "--build-dir", filepath.Join(dir, "builds"))
+	grants := filepath.Join(dir, "grants.json")
+	if err := os.WriteFile(grants, []byte(`{"users": [{"user": "someone", "uid": 60201, "net": 1, "subnet": "10.231.40.0/24"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--socket", sock, "--socket-mode", "0660", "--grants", grants,
+		"--state-file", filepath.Join(dir, "state", "state.json"), "--log", logFile)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -143,8 +153,13 @@ func TestBinaryServesAndStops(t *testing.T) {
 		t.Errorf("socket %v, %v", fi.Mode(), err)
 	}
 	id := op.New()
-	if err := c.Call(op.With(ctx, id), helperapi.MethodLoopAttach, map[string]any{"path": "/etc/shadow"}, nil); rpc.CodeOf(err) != rpc.CodeBadRequest {
+	if err := c.Call(op.With(ctx, id), "loop.attach", map[string]any{"path": "/etc/shadow"}, nil); rpc.CodeOf(err) != rpc.CodeBadRequest {
 		t.Errorf("loop.attach /etc/shadow: %v", err)
+	}
+	// A grants file anyone may write is refused at start.
+	os.Chmod(grants, 0o666)
+	if out, err := exec.Command(bin, "--socket", filepath.Join(dir, "other.sock"), "--grants", grants).CombinedOutput(); err == nil || !strings.Contains(string(out), "writable by root only") {
+		t.Errorf("a world-writable grants file was accepted: %v %s", err, out)
 	}
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {

@@ -36,6 +36,12 @@ type PeerCred struct {
 
 type peerKey struct{}
 
+// WithPeer returns ctx carrying cred as its peer, as the server does for
+// each connection; tests of handlers use it.
+func WithPeer(ctx context.Context, cred PeerCred) context.Context {
+	return context.WithValue(ctx, peerKey{}, cred)
+}
+
 // PeerFrom returns the peer credentials of the connection serving ctx.
 func PeerFrom(ctx context.Context) (PeerCred, bool) {
 	c, ok := ctx.Value(peerKey{}).(PeerCred)

@@ -1,15 +1,18 @@
 package e2e
 
 import (
+	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/testutil"
 	"github.com/banger-dev/banger/tests/harness"
 )
@@ -33,21 +36,14 @@ func TestUnprivilegedVMRun(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	os.Chmod(e.Root, 0o755)
-	helperDir := filepath.Join(e.Root, "helper")
-	os.MkdirAll(helperDir, 0o755)
-	sock := filepath.Join(helperDir, "helper.sock")
-	helper := exec.Command(filepath.Join(harness.BinDir, "banger-helper"),
-		"--socket", sock, "--socket-mode", "0666", "--allow-uid", "65534",
-		"--state-dir", e.StateDir, "--log", filepath.Join(helperDir, "helper.log"))
-	if err := helper.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { helper.Process.Signal(syscall.SIGTERM); helper.Wait() })
+	// Root grants uid 65534 network 3: bridge banger3, TAPs tap3-*, and
+	// the subnet; the user's config names no network of its own.
+	grant := helperapi.Grant{User: "nobody", UID: uid, Net: 3, Subnet: "10.231.13.0/24"}
+	helper := e.StartHelper(grant)
 
 	e.Cred = &syscall.Credential{Uid: uid, Gid: uid}
-	e.Setenv("BANGER_HELPER_SOCKET="+sock, "HOME="+e.Root, "USER=nobody")
-	e.WriteConfig("[network]\nbridge = \"bangeru0\"\nsubnet = \"10.231.13.0/24\"\ntap_pool_size = 0\n[vm]\nmemory_mib = 512\ndisk_size = \"1G\"\nboot_timeout = \"240s\"\n")
+	e.Setenv("HOME="+e.Root, "USER=nobody")
+	e.WriteConfig("[network]\ntap_pool_size = 1\n[vm]\nmemory_mib = 512\ndisk_size = \"1G\"\nboot_timeout = \"240s\"\n")
 	t.Cleanup(func() { e.Banger("vm", "delete", "--force", "u1") })
 
 	e.MustBanger("image", "import", "--name", "default", image)
@@ -75,9 +71,22 @@ func TestUnprivilegedVMRun(t *testing.T) {
 	if r := e.MustBanger("vm", "ssh", "u1", "--", "getent", "hosts", "u1.banger"); !strings.HasPrefix(r.Stdout, info.Runtime.GuestIP+" ") {
 		t.Fatalf("u1.banger resolves as %q, want %s", r.Stdout, info.Runtime.GuestIP)
 	}
+	// The VM is on the granted network: its address in the grant's
+	// subnet, its TAP one of the grant's, on its bridge, owned by 65534.
+	if !grant.Prefix().Contains(netip.MustParseAddr(info.Runtime.GuestIP)) || !strings.HasPrefix(info.Handles.TapDevice, grant.TapPrefix()) {
+		t.Fatalf("VM at %s on %s, want inside %s on a %s* TAP", info.Runtime.GuestIP, info.Handles.TapDevice, grant.Subnet, grant.TapPrefix())
+	}
+	if l, err := netlink.LinkByName(info.Handles.TapDevice); err != nil {
+		t.Fatal(err)
+	} else if tt, ok := l.(*netlink.Tuntap); !ok || tt.Owner != uid {
+		t.Fatalf("TAP %s: %+v", info.Handles.TapDevice, l)
+	}
 	// The helper saw calls from the daemon (uid 65534) only through its socket.
-	if log, _ := os.ReadFile(filepath.Join(helperDir, "helper.log")); !strings.Contains(string(log), `"method":"tap.open"`) {
+	if log, _ := os.ReadFile(helper.Log); !strings.Contains(string(log), `"method":"tap.open"`) {
 		t.Fatalf("helper log lacks the tap.open that passed the TAP to the unprivileged qemu:\n%s", log)
+	}
+	if state, _ := os.ReadFile(helper.StateFile); !strings.Contains(string(state), `"bridge/banger3": 65534`) {
+		t.Fatalf("the helper has no record of the user's bridge:\n%s", state)
 	}
 	e.MustBanger("vm", "delete", "u1")
 }

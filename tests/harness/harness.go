@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/helperapi"
 )
 
 // EnvBinDir passes the built binaries to a test re-run in a namespace.
@@ -227,4 +228,51 @@ func LogLines(t *testing.T, path string) []map[string]any {
 		}
 	}
 	return out
+}
+
+// Helper is a banger-helper a test started, as root, the way the systemd
+// unit does: its grants file, its owner records and its log in Dir.
+type Helper struct {
+	Dir, Socket, Log, StateFile string
+	cmd                         *exec.Cmd
+}
+
+// StartHelper starts the real helper with grants (none: root only) on a
+// socket in a directory of its own that every uid can reach, and stops it
+// (SIGTERM) when t ends. The install's BANGER_HELPER_SOCKET points at it.
+func (e *Env) StartHelper(grants ...helperapi.Grant) *Helper {
+	e.T.Helper()
+	h := &Helper{Dir: filepath.Join(e.Root, "helper")}
+	h.Socket, h.Log, h.StateFile = filepath.Join(h.Dir, "helper.sock"), filepath.Join(h.Dir, "helper.log"), filepath.Join(h.Dir, "state", "state.json")
+	if err := os.MkdirAll(h.Dir, 0o755); err != nil {
+		e.T.Fatal(err)
+	}
+	os.Chmod(e.Root, 0o755)
+	grantsFile := filepath.Join(h.Dir, "grants.json")
+	if err := os.WriteFile(grantsFile, helperapi.Grants{Users: grants}.Marshal(), 0o644); err != nil {
+		e.T.Fatal(err)
+	}
+	h.cmd = exec.Command(filepath.Join(BinDir, "banger-helper"), "--socket", h.Socket, "--socket-mode", "0666",
+		"--grants", grantsFile, "--state-file", h.StateFile, "--log", h.Log)
+	if err := h.cmd.Start(); err != nil {
+		e.T.Fatal(err)
+	}
+	e.T.Cleanup(func() { h.cmd.Process.Signal(syscall.SIGTERM); h.cmd.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(h.Socket); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			e.T.Fatalf("the helper did not make its socket %s; log:\n%s", h.Socket, readFile(h.Log))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e.Setenv("BANGER_HELPER_SOCKET=" + h.Socket)
+	return h
+}
+
+func readFile(p string) string {
+	b, _ := os.ReadFile(p)
+	return string(b)
 }

@@ -3,7 +3,6 @@ package integration
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -101,20 +100,12 @@ func TestRootUnprivilegedDaemonRefusedByHelper(t *testing.T) {
 	if err := os.Chmod(e.RunDir, 0o700); err != nil { // banger trusts only a private runtime dir
 		t.Fatal(err)
 	}
-	helperDir := filepath.Join(e.Root, "helper")
-	os.MkdirAll(helperDir, 0o755)
-	helperSock := filepath.Join(helperDir, "helper.sock")
-	helperLog := filepath.Join(helperDir, "helper.log")
-	helper := exec.Command(filepath.Join(harness.BinDir, "banger-helper"),
-		"--socket", helperSock, "--socket-mode", "0666", "--state-dir", e.StateDir, "--log", helperLog)
-	if err := helper.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { helper.Process.Signal(syscall.SIGTERM); helper.Wait() })
-	waitFor(t, func() bool { _, err := os.Stat(helperSock); return err == nil })
+	// The helper grants someone else, not 65534.
+	helper := e.StartHelper(helperapi.Grant{User: "someone", UID: 60301, Net: 1, Subnet: "10.231.50.0/24"})
+	helperLog := helper.Log
 
 	e.Cred = &syscall.Credential{Uid: 65534, Gid: 65534}
-	e.Vars = append(e.Vars, "BANGER_HELPER_SOCKET="+helperSock, "HOME="+e.Root, "USER=nobody")
+	e.Vars = append(e.Vars, "HOME="+e.Root, "USER=nobody")
 	r := e.Banger("network", "up")
 	if r.Code != 8 {
 		t.Fatalf("want exit 8 (forbidden), got %+v", r)
@@ -166,18 +157,6 @@ func killHelper(t *testing.T, socket string) {
 	for time.Now().Before(deadline) && harness.Alive(v.PID) {
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatal("condition not met within 10s")
 }
 
 func linesWith(recs []map[string]any, key, val string) []map[string]any {
