@@ -17,6 +17,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/dns"
+	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/rpc"
@@ -42,18 +43,21 @@ type Daemon struct {
 	store   *store.Store
 	started time.Time
 
-	helperMu sync.Mutex
+	helperMu    sync.Mutex
+	helperPeers []uint32 // who may serve the helper socket; nil: root
 	kvm      kvmCache
 	ops      *opRegistry
 
-	allocMu   sync.Mutex // IP and CID allocation
-	keyMu     sync.Mutex
-	pool      tapPool
-	netMu     sync.Mutex
-	netReady  bool // this daemon set the network up (bridge, NAT, DNS)
-	handlesMu sync.Mutex
-	handles   map[string]*model.VMHandles
-	vmLocks   map[string]*vmLock
+	allocMu    sync.Mutex // IP and CID allocation
+	keyMu      sync.Mutex
+	pool       tapPool
+	netMu      sync.Mutex
+	grant      *helperapi.Grant // a user's network, as the helper reports it
+	netSetupMu sync.Mutex
+	netReady   bool // this daemon set the network up (bridge, NAT, DNS)
+	handlesMu  sync.Mutex
+	handles    map[string]*model.VMHandles
+	vmLocks    map[string]*vmLock
 
 	runCtx    context.Context // the daemon's lifetime
 	dnsMu     sync.Mutex
@@ -115,7 +119,9 @@ func Run(ctx context.Context, opts Options) error {
 	d.register(srv)
 	d.reconcileImages(ctx)
 	d.reconcileVMs(ctx)
-	d.adoptPool(ctx)
+	if n, ok := d.cachedNetwork(); ok {
+		d.adoptPool(ctx, n)
+	}
 	go d.monitor(ctx)
 
 	d.log.Info("bangerd started",

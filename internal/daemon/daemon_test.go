@@ -65,7 +65,7 @@ func newTestDaemon(t testing.TB, fakeHelper func(*rpc.Server)) (*Daemon, *locked
 		opts: Options{Layout: l, Config: cfg, LogLevel: "debug"}, layout: l, cfg: cfg,
 		log: logging.New(logs, slog.LevelDebug, "test"), store: st, started: time.Now(), stop: cancel, runCtx: ctx,
 		ops: newOpRegistry(), imageBuilds: map[string]string{}, handles: map[string]*model.VMHandles{},
-		vmLocks: map[string]*vmLock{},
+		vmLocks: map[string]*vmLock{}, helperPeers: []uint32{0, uint32(os.Getuid())},
 	}
 	if fakeHelper != nil {
 		srv := rpc.NewServer("helper", logging.New(logs, slog.LevelDebug, "fake-helper"))

@@ -15,13 +15,13 @@ import (
 // sockets from the root helper (dns.listen). If neither works it runs
 // without names and says so in its log and in doctor; VMs still reach each
 // other by address.
-func (d *Daemon) ensureDNS(ctx context.Context) {
+func (d *Daemon) ensureDNS(ctx context.Context, n netID) {
 	d.dnsMu.Lock()
 	defer d.dnsMu.Unlock()
 	if d.dnsServer != nil {
 		return
 	}
-	gw := d.cfg.Subnet().Addr().Next()
+	gw := n.Gateway()
 	addr := net.JoinHostPort(gw.String(), "53")
 	s := &dns.Server{
 		Domain:    d.cfg.Network.Domain,

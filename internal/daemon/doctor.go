@@ -12,7 +12,9 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/hostcheck"
+	"github.com/banger-dev/banger/internal/hostnet"
 	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/rpc"
 )
 
 // kvmCache remembers the KVM verdict: the API probe is cheap, the kernel
@@ -147,16 +149,6 @@ func (d *Daemon) doctor(ctx context.Context, _ noParams) (api.DoctorReport, erro
 	} else {
 		add("tun", hostcheck.OK, "/dev/net/tun usable", "")
 	}
-	if exists, _, _ := hostcheck.CheckDevice("/dev/loop-control"); exists {
-		add("loop", hostcheck.OK, "/dev/loop-control present", "")
-	} else {
-		add("loop", hostcheck.Warn, "/dev/loop-control is missing", "modprobe loop; without it the dm-snapshot overlay is unavailable")
-	}
-	if ok, detail := hostcheck.DeviceMapperAvailable(); ok {
-		add("device-mapper", hostcheck.OK, detail, "")
-	} else {
-		add("device-mapper", hostcheck.Warn, detail, "system overlays use reflink, qcow2 or sparse copies instead of dm-snapshot")
-	}
 	if ok, detail := hostcheck.NFTablesAvailable(); ok {
 		add("nftables", hostcheck.OK, detail, "")
 	} else {
@@ -175,16 +167,27 @@ func (d *Daemon) doctor(ctx context.Context, _ noParams) (api.DoctorReport, erro
 		add("helper", hostcheck.Fail, hs.Socket+": "+hs.Error, hs.Hint)
 	}
 
-	if routes, err := hostcheck.IPv4Routes(); err != nil {
-		add("subnet", hostcheck.Warn, "reading routes: "+err.Error(), "")
-	} else if clash := hostcheck.SubnetClashes(routes, d.cfg.Subnet(), d.cfg.Network.Bridge); len(clash) > 0 {
+	n, nerr := d.network(ctx)
+	fix := "set network.subnet in " + d.opts.ConfigPath + " to an unused private /24"
+	if n.Grant != nil {
+		fix = "ask root for another: sudo banger system install --user " + n.Grant.User + " --subnet CIDR"
+	}
+	if nerr != nil {
+		add("network", hostcheck.Fail, "this user's network is unknown: "+nerr.Error(), rpc.HintOf(nerr))
+	} else if uses, err := hostnet.List(); err != nil {
+		add("subnet", hostcheck.Warn, "reading addresses and routes: "+err.Error(), "")
+	} else if clash := hostnet.Clashes(uses, n.Subnet, n.Bridge); len(clash) > 0 {
 		var parts []string
-		for _, r := range clash {
-			parts = append(parts, r.Prefix.String()+" on "+r.Iface)
+		for _, c := range clash {
+			parts = append(parts, c.String())
 		}
-		add("subnet", hostcheck.Fail, fmt.Sprintf("%s overlaps host route(s) %s", d.cfg.Network.Subnet, strings.Join(parts, ", ")), "set network.subnet in "+d.opts.ConfigPath+" to an unused /24")
+		add("subnet", hostcheck.Fail, fmt.Sprintf("%s overlaps what the host uses: %s", n.Subnet, strings.Join(parts, "; ")), fix)
 	} else {
-		add("subnet", hostcheck.OK, d.cfg.Network.Subnet+" on "+d.cfg.Network.Bridge+" clashes with no host route", "")
+		from := "the config"
+		if n.Grant != nil {
+			from = "root's grant"
+		}
+		add("subnet", hostcheck.OK, fmt.Sprintf("%s on %s (from %s, TAPs %s*) overlaps nothing the host uses", n.Subnet, n.Bridge, from, n.TapPrefix), "")
 	}
 
 	d.dnsMu.Lock()
@@ -192,7 +195,7 @@ func (d *Daemon) doctor(ctx context.Context, _ noParams) (api.DoctorReport, erro
 	d.dnsMu.Unlock()
 	switch {
 	case dnsUp:
-		add("dns", hostcheck.OK, fmt.Sprintf("answering <vm>.%s on %s:53", d.cfg.Network.Domain, d.cfg.Subnet().Addr().Next()), "")
+		add("dns", hostcheck.OK, fmt.Sprintf("answering <vm>.%s on %s:53", d.cfg.Network.Domain, n.Gateway()), "")
 	case dnsErr != "":
 		add("dns", hostcheck.Warn, "the DNS responder could not start: "+dnsErr+"; VMs reach each other by address only",
 			"the root helper binds port 53 for an unprivileged bangerd: check it answers (above); or let bangerd bind it: sudo setcap cap_net_bind_service=+ep $(command -v bangerd)")

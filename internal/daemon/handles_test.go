@@ -36,7 +36,7 @@ func fakeVMM(t *testing.T, sock string) *exec.Cmd {
 func TestHandlesScratchFileRoundTrip(t *testing.T) {
 	d, _ := newTestDaemon(t, nil)
 	vm := testVM(t, d, "a")
-	h := &model.VMHandles{PID: 42, TapDevice: "tap-a", BaseLoop: "/dev/loop3", COWLoop: "/dev/loop4", DMName: "banger-a", DMDev: "/dev/dm-1"}
+	h := &model.VMHandles{PID: 42, TapDevice: "tap-a"}
 	d.setHandles(vm, h)
 	if got := readHandlesFile(vm.Runtime.VMDir); *got != *h {
 		t.Fatalf("file: %+v", got)
@@ -97,7 +97,7 @@ func TestHandlesCacheConcurrent(t *testing.T) {
 func TestRediscoverPrefersLiveProcess(t *testing.T) {
 	d, _ := newTestDaemon(t, nil)
 	vm := testVM(t, d, "r")
-	stale := &model.VMHandles{PID: 999999, TapDevice: "tap-r", DMName: "banger-r"}
+	stale := &model.VMHandles{PID: 999999, TapDevice: "tap-r"}
 	d.setHandles(vm, stale)
 
 	got := d.rediscover(vm)
@@ -106,7 +106,7 @@ func TestRediscoverPrefersLiveProcess(t *testing.T) {
 	}
 	live := fakeVMM(t, vm.Runtime.APISockPath)
 	got = d.rediscover(vm)
-	if got.PID != live.Process.Pid || got.TapDevice != "tap-r" || got.DMName != "banger-r" {
+	if got.PID != live.Process.Pid || got.TapDevice != "tap-r" {
 		t.Fatalf("live VMM: %+v (pid %d)", got, live.Process.Pid)
 	}
 	d.setHandlesMem(vm, got)
@@ -158,21 +158,12 @@ func TestReconcileDemotesDeadAndKeepsLive(t *testing.T) {
 }
 
 // TestReconcileTearsDownDeadVMKernelState: a VM recorded running whose VMM
-// is gone has what its scratch file names torn down through the helper, in
-// order: dm snapshot, COW loop, base loop, TAP.
+// is gone has the TAP its scratch file names torn down through the helper.
 func TestReconcileTearsDownDeadVMKernelState(t *testing.T) {
 	var calls []string
 	d, _ := newTestDaemon(t, func(s *rpc.Server) {
 		rpc.Register(s, helperapi.MethodVersion, func(ctx context.Context, _ helperapi.VersionParams) (helperapi.VersionResult, error) {
 			return helperapi.VersionResult{Version: version.String()}, nil
-		})
-		rpc.Register(s, helperapi.MethodDMSnapshotRemove, func(ctx context.Context, p helperapi.DMSnapshotRemoveParams) (helperapi.DeleteResult, error) {
-			calls = append(calls, "dm.snapshot.remove "+p.Name)
-			return helperapi.DeleteResult{Deleted: true}, nil
-		})
-		rpc.Register(s, helperapi.MethodLoopDetach, func(ctx context.Context, p helperapi.LoopDetachParams) (helperapi.DeleteResult, error) {
-			calls = append(calls, "loop.detach "+p.Device)
-			return helperapi.DeleteResult{Deleted: true}, nil
 		})
 		rpc.Register(s, helperapi.MethodTapDelete, func(ctx context.Context, p helperapi.TapDeleteParams) (helperapi.DeleteResult, error) {
 			calls = append(calls, "tap.delete "+p.Name)
@@ -186,11 +177,11 @@ func TestReconcileTearsDownDeadVMKernelState(t *testing.T) {
 	if err := d.store.CreateVM(ctx, &vm); err != nil {
 		t.Fatal(err)
 	}
-	d.setHandles(vm, &model.VMHandles{PID: 999999, TapDevice: "tap-dmvm", BaseLoop: "/dev/loop7", COWLoop: "/dev/loop8", DMName: "banger-dmvm", DMDev: "/dev/dm-3"})
+	d.setHandles(vm, &model.VMHandles{PID: 999999, TapDevice: "tap-dmvm"})
 	d.handles = map[string]*model.VMHandles{} // a restarted daemon: only the file
 
 	d.reconcileVMs(ctx)
-	want := []string{"dm.snapshot.remove banger-dmvm", "loop.detach /dev/loop8", "loop.detach /dev/loop7", "tap.delete tap-dmvm"}
+	want := []string{"tap.delete tap-dmvm"}
 	if strings.Join(calls, "|") != strings.Join(want, "|") {
 		t.Fatalf("teardown calls:\n got %v\nwant %v", calls, want)
 	}

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,17 +22,36 @@ func helperInstallHint() string {
 	return fmt.Sprintf("install and start the root helper once: sudo banger system install --user %s", currentUserName())
 }
 
+// newHelperClient is a client for the helper's socket that talks only to a
+// helper run by root (tests that fake the helper add their own uid to
+// d.helperPeers).
+func (d *Daemon) newHelperClient(sock string) *helperapi.Client {
+	c := helperapi.NewClient(sock)
+	if len(d.helperPeers) > 0 {
+		c.VerifyPeer = rpc.PeerUIDs(d.helperPeers...)
+	}
+	return c
+}
+
 // helperClient returns a client for the root helper, making sure one
 // answers: when bangerd runs as root and none does, it starts the helper
 // itself; as a user it says how to install it.
 func (d *Daemon) helperClient(ctx context.Context) (*helperapi.Client, error) {
 	d.helperMu.Lock()
 	defer d.helperMu.Unlock()
-	c := helperapi.NewClient(d.layout.HelperSocket)
+	c := d.newHelperClient(d.layout.HelperSocket)
 	v, err := c.Version(ctx)
 	if err == nil {
 		d.checkHelperVersion(ctx, v)
+		if err := d.setGrant(ctx, v.Grant); err != nil {
+			return nil, err
+		}
 		return c, nil
+	}
+	var pe *rpc.PeerError
+	if errors.As(err, &pe) {
+		return nil, rpc.WithHint(fmt.Errorf("%s is not banger's root helper: %w", d.layout.HelperSocket, err),
+			"find out who made it (ls -l "+d.layout.HelperSocket+"); the helper's socket is root's: sudo banger system install --user "+currentUserName())
 	}
 	if rpc.CodeOf(err) == rpc.CodeForbidden {
 		return nil, rpc.WithHint(fmt.Errorf("root helper at %s refuses uid %d: %w", d.layout.HelperSocket, os.Getuid(), err),
@@ -56,8 +76,8 @@ func (d *Daemon) checkHelperVersion(ctx context.Context, v helperapi.VersionResu
 }
 
 // startHelper runs banger-helper detached, as root bangerd does: its own
-// session, its log in the state directory, allowed only root and the state
-// directory of this daemon. It outlives bangerd, like the VMMs.
+// session, its log and its owner records in the state directory, no grants
+// (root only). It outlives bangerd, like the VMMs.
 func (d *Daemon) startHelper(ctx context.Context) error {
 	bin, err := findHelper()
 	if err != nil {
@@ -75,7 +95,9 @@ func (d *Daemon) startHelper(ctx context.Context) error {
 	defer devnull.Close()
 	cmd := exec.Command(bin,
 		"--socket", sock,
-		"--state-dir", d.layout.StateDir,
+		"--socket-mode", "0600",
+		"--grants", "",
+		"--state-file", filepath.Join(d.layout.StateDir, "helper", "state.json"),
 		"--log", logPath,
 		"--log-level", d.opts.LogLevel,
 	)
@@ -88,7 +110,7 @@ func (d *Daemon) startHelper(ctx context.Context) error {
 	go func() { exited <- cmd.Wait() }()
 	d.log.InfoContext(ctx, "started root helper", "pid", cmd.Process.Pid, "socket", sock, "log", logPath)
 
-	c := helperapi.NewClient(sock)
+	c := d.newHelperClient(sock)
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		if _, err := c.Version(ctx); err == nil {
@@ -136,7 +158,7 @@ func (d *Daemon) helperStatus(ctx context.Context) api.HelperStatus {
 	st := api.HelperStatus{Socket: d.layout.HelperSocket}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	v, err := helperapi.NewClient(d.layout.HelperSocket).Version(ctx)
+	v, err := d.newHelperClient(d.layout.HelperSocket).Version(ctx)
 	if err != nil {
 		st.Error = err.Error()
 		if rpc.IsUnreachable(err) {

@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,38 +16,50 @@ import (
 	"github.com/banger-dev/banger/internal/op"
 )
 
-// tapPool keeps network.tap_pool_size idle TAPs (tap-pool-N), attached to
-// the bridge and owned by the daemon's user, so a create takes one instead
-// of waiting for the helper to make one. Taken TAPs come back on stop and
-// delete; the pool refills in the background. Pool TAPs outlive bangerd and
-// are adopted again at start.
+// tapPool keeps network.tap_pool_size idle TAPs (<prefix>pool-N, tap-pool-N
+// for a root daemon, tap<N>-pool-N for a user's), attached to the bridge and
+// owned by the daemon's user, so a create takes one instead of waiting for
+// the helper to make one. Taken TAPs come back on stop and delete; the pool
+// refills in the background. Pool TAPs outlive bangerd and are adopted
+// again when the daemon first knows its network.
 type tapPool struct {
 	mu        sync.Mutex
 	idle      []string
 	refilling bool
+	adopted   bool
 }
 
-func isPoolTap(name string) bool { return strings.HasPrefix(name, helperapi.PoolTapPrefix) }
+func (n netID) poolPrefix() string { return n.TapPrefix + "pool-" }
+
+func (n netID) isPoolTap(name string) bool { return strings.HasPrefix(name, n.poolPrefix()) }
+
+// vmTap is the per-VM TAP name: the prefix and as much of the VM id as fits.
+func (n netID) vmTap(vmID string) string {
+	if room := helperapi.IfNameMax - len(n.TapPrefix); len(vmID) > room {
+		vmID = vmID[:room]
+	}
+	return n.TapPrefix + strings.TrimRight(vmID, "-")
+}
 
 // takeTap returns a TAP for vm: an idle pool TAP when there is one, else a
 // new per-VM TAP through the helper.
-func (d *Daemon) takeTap(ctx context.Context, vm model.VM, bridge string) (string, bool, error) {
+func (d *Daemon) takeTap(ctx context.Context, vm model.VM, n netID) (string, bool, error) {
 	d.pool.mu.Lock()
-	if n := len(d.pool.idle); n > 0 {
-		tap := d.pool.idle[n-1]
-		d.pool.idle = d.pool.idle[:n-1]
+	if k := len(d.pool.idle); k > 0 {
+		tap := d.pool.idle[k-1]
+		d.pool.idle = d.pool.idle[:k-1]
 		d.pool.mu.Unlock()
-		d.refillPool(ctx, bridge)
+		d.refillPool(ctx, n)
 		return tap, true, nil
 	}
 	d.pool.mu.Unlock()
-	d.refillPool(ctx, bridge)
+	d.refillPool(ctx, n)
 	hc, err := d.helperClient(ctx)
 	if err != nil {
 		return "", false, err
 	}
-	tap := helperapi.VMTapName(vm.ID)
-	if _, err := hc.CreateTap(ctx, helperapi.TapCreateParams{Name: tap, Bridge: bridge, UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}); err != nil {
+	tap := n.vmTap(vm.ID)
+	if _, err := hc.CreateTap(ctx, helperapi.TapCreateParams{Name: tap, Bridge: n.Bridge}); err != nil {
 		return "", false, fmt.Errorf("creating TAP %s: %w", tap, err)
 	}
 	return tap, false, nil
@@ -60,7 +71,7 @@ func (d *Daemon) returnTap(ctx context.Context, tap string) {
 	if tap == "" {
 		return
 	}
-	if isPoolTap(tap) {
+	if n, ok := d.cachedNetwork(); ok && n.isPoolTap(tap) {
 		d.pool.mu.Lock()
 		if len(d.pool.idle) < d.cfg.Network.TapPoolSize {
 			d.pool.idle = append(d.pool.idle, tap)
@@ -81,7 +92,7 @@ func (d *Daemon) returnTap(ctx context.Context, tap string) {
 
 // refillPool tops the idle list up to the pool size in the background, one
 // helper call per TAP, under an op id of its own.
-func (d *Daemon) refillPool(ctx context.Context, bridge string) {
+func (d *Daemon) refillPool(ctx context.Context, n netID) {
 	size := d.cfg.Network.TapPoolSize
 	d.pool.mu.Lock()
 	if d.pool.refilling || len(d.pool.idle) >= size {
@@ -106,12 +117,12 @@ func (d *Daemon) refillPool(ctx context.Context, bridge string) {
 			if !short {
 				break
 			}
-			name := d.freePoolName()
+			name := d.freePoolName(n)
 			hc, err := d.helperClient(ctx)
 			if err != nil {
 				return
 			}
-			if _, err := hc.CreateTap(ctx, helperapi.TapCreateParams{Name: name, Bridge: bridge, UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}); err != nil {
+			if _, err := hc.CreateTap(ctx, helperapi.TapCreateParams{Name: name, Bridge: n.Bridge}); err != nil {
 				d.log.WarnContext(ctx, "tap pool refill", "tap", name, "error", err.Error())
 				return
 			}
@@ -126,9 +137,9 @@ func (d *Daemon) refillPool(ctx context.Context, bridge string) {
 	}()
 }
 
-// freePoolName is the lowest tap-pool-N neither idle nor held by a VM nor
-// present on the host.
-func (d *Daemon) freePoolName() string {
+// freePoolName is the lowest <prefix>pool-N neither idle nor held by a VM
+// nor present on the host.
+func (d *Daemon) freePoolName(n netID) string {
 	used := map[string]bool{}
 	links, _ := netlink.LinkList()
 	for _, l := range links {
@@ -140,15 +151,22 @@ func (d *Daemon) freePoolName() string {
 	}
 	d.pool.mu.Unlock()
 	for i := 0; ; i++ {
-		if n := helperapi.PoolTapName(i); !used[n] {
-			return n
+		if name := n.poolPrefix() + strconv.Itoa(i); !used[name] {
+			return name
 		}
 	}
 }
 
 // adoptPool takes the pool TAPs on the host that no running VM holds as
-// idle: after a daemon restart the pool is still there.
-func (d *Daemon) adoptPool(ctx context.Context) {
+// idle, once per daemon: after a restart the pool is still there.
+func (d *Daemon) adoptPool(ctx context.Context, n netID) {
+	d.pool.mu.Lock()
+	done := d.pool.adopted
+	d.pool.adopted = true
+	d.pool.mu.Unlock()
+	if done {
+		return
+	}
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
 		return
@@ -162,20 +180,19 @@ func (d *Daemon) adoptPool(ctx context.Context) {
 	links, _ := netlink.LinkList()
 	var idle []string
 	for _, l := range links {
-		if n := l.Attrs().Name; isPoolTap(n) && !held[n] {
-			idle = append(idle, n)
+		if name := l.Attrs().Name; n.isPoolTap(name) && !held[name] {
+			idle = append(idle, name)
 		}
 	}
-	sort.Slice(idle, func(i, j int) bool { return poolIndex(idle[i]) > poolIndex(idle[j]) })
+	index := func(name string) int {
+		i, _ := strconv.Atoi(strings.TrimPrefix(name, n.poolPrefix()))
+		return i
+	}
+	sort.Slice(idle, func(i, j int) bool { return index(idle[i]) > index(idle[j]) })
 	d.pool.mu.Lock()
-	d.pool.idle = idle
+	d.pool.idle = append(d.pool.idle, idle...)
 	d.pool.mu.Unlock()
 	if len(idle) > 0 {
 		d.log.InfoContext(ctx, "tap pool adopted", "idle", len(idle))
 	}
-}
-
-func poolIndex(name string) int {
-	n, _ := strconv.Atoi(strings.TrimPrefix(name, helperapi.PoolTapPrefix))
-	return n
 }

@@ -17,10 +17,13 @@ import (
 )
 
 // verify lists what banger holds on the host that no VM accounts for:
-// TAPs other than the pool's, loop devices backed by banger's files, dm
-// devices with banger's prefix, VMM processes without a live VM, VM
-// directories without a row, and addresses on the bridge other than the
-// gateway. It looks in bangerd's own network namespace.
+// TAPs of this daemon's other than the pool's, loop devices backed by
+// banger's files (left by releases that made them), VMM processes without a
+// live VM, VM directories without a row, addresses on the bridge other
+// than the gateway, and a bridge or TAP that takes IPv6 router
+// advertisements or has IPv6 on (helperapi.IPv6Off). It looks in bangerd's
+// own network namespace; without the daemon's network (a user's daemon
+// whose helper does not answer) it leaves the bridge and TAPs out.
 func (d *Daemon) verify(ctx context.Context, _ noParams) (api.VerifyReport, error) {
 	var rep api.VerifyReport
 	leak := func(kind, what, detail string) {
@@ -31,28 +34,32 @@ func (d *Daemon) verify(ctx context.Context, _ noParams) (api.VerifyReport, erro
 		return rep, err
 	}
 	byID := map[string]model.VM{}
-	held := map[string]bool{} // TAPs, loops, dm names of live VMs
+	held := map[string]bool{} // TAPs of live VMs
 	for _, vm := range vms {
 		byID[vm.ID] = vm
 		if d.vmAlive(vm) {
-			h := d.getHandles(vm)
-			for _, x := range []string{h.TapDevice, h.BaseLoop, h.COWLoop, h.DMName} {
-				if x != "" {
-					held[x] = true
-				}
-			}
+			held[d.getHandles(vm).TapDevice] = true
 		}
 	}
 	rep.VMs = len(vms)
 
-	links, _ := netlink.LinkList()
-	for _, l := range links {
-		name := l.Attrs().Name
-		switch {
-		case strings.HasPrefix(name, helperapi.PoolTapPrefix):
-			rep.PoolTaps++
-		case strings.HasPrefix(name, helperapi.TapPrefix) && !held[name]:
-			leak("tap", name, "no running VM holds it")
+	n, known := d.network(ctx)
+	if known == nil {
+		links, _ := netlink.LinkList()
+		for _, l := range links {
+			name := l.Attrs().Name
+			ours := strings.HasPrefix(name, n.TapPrefix) || name == n.Bridge
+			if ours {
+				if bad := ipv6On(name); bad != "" {
+					leak("ipv6", name, bad)
+				}
+			}
+			switch {
+			case n.isPoolTap(name):
+				rep.PoolTaps++
+			case strings.HasPrefix(name, n.TapPrefix) && !held[name]:
+				leak("tap", name, "no running VM holds it")
+			}
 		}
 	}
 
@@ -67,14 +74,6 @@ func (d *Daemon) verify(ctx context.Context, _ noParams) (api.VerifyReport, erro
 		dev := "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(f)))
 		if stateDir != "" && strings.HasPrefix(backing, stateDir+"/") && !held[dev] {
 			leak("loop", dev, "backed by "+backing)
-		}
-	}
-	dms, _ := filepath.Glob("/sys/block/dm-*/dm/name")
-	for _, f := range dms {
-		b, _ := os.ReadFile(f)
-		name := strings.TrimSpace(string(b))
-		if strings.HasPrefix(name, helperapi.DMPrefix) && !held[name] {
-			leak("dm", name, "no running VM holds it")
 		}
 	}
 
@@ -104,16 +103,34 @@ func (d *Daemon) verify(ctx context.Context, _ noParams) (api.VerifyReport, erro
 		}
 	}
 
-	if br, err := netlink.LinkByName(d.cfg.Network.Bridge); err == nil {
-		gw := d.cfg.Subnet().Addr().Next()
+	if br, err := netlink.LinkByName(n.Bridge); known == nil && err == nil {
 		addrs, _ := netlink.AddrList(br, netlink.FAMILY_V4)
 		for _, a := range addrs {
 			ip, _ := netip.AddrFromSlice(a.IP.To4())
-			if ip != gw {
-				leak("address", a.IPNet.String(), "on "+d.cfg.Network.Bridge+", not its gateway")
+			if ip != n.Gateway() {
+				leak("address", a.IPNet.String(), "on "+n.Bridge+", not its gateway")
 			}
 		}
 	}
 	rep.OK = len(rep.Leaks) == 0
 	return rep, nil
+}
+
+// ipv6On says how a link departs from helperapi.IPv6Off ("" when it does
+// not, or the host has no IPv6).
+func ipv6On(link string) string {
+	var bad []string
+	for _, kv := range helperapi.IPv6Off {
+		raw, err := os.ReadFile(filepath.Join("/proc/sys/net/ipv6/conf", link, kv.Key))
+		if err != nil {
+			continue
+		}
+		if v := strings.TrimSpace(string(raw)); v != kv.Value {
+			bad = append(bad, kv.Key+"="+v)
+		}
+	}
+	if len(bad) == 0 {
+		return ""
+	}
+	return "IPv6 is not off: " + strings.Join(bad, ", ") + " (a guest's router advertisement could route the host)"
 }

@@ -77,7 +77,6 @@ func (d *Daemon) releaseRuntime(ctx context.Context, vm model.VM) {
 		_ = syscall.Kill(h.PID, syscall.SIGKILL)
 		waitExit(h.PID, 5*time.Second)
 	}
-	d.teardownOverlay(ctx, vm, h)
 	d.returnTap(ctx, h.TapDevice)
 	d.dropHandles(vm)
 }
@@ -310,32 +309,4 @@ func (d *Daemon) lockVM(id string) func() {
 
 func (d *Daemon) operationStatus(ctx context.Context, p api.OperationStatusParams) (api.Operation, error) {
 	return d.ops.status(ctx, p)
-}
-
-// teardownOverlay removes the kernel-level parts of a dm-snapshot overlay
-// the handles name, in order: the snapshot, then the COW loop, then the
-// base loop (which other VMs may share: the helper then says conflict, and
-// it stays).
-func (d *Daemon) teardownOverlay(ctx context.Context, vm model.VM, h *model.VMHandles) {
-	if h.DMName == "" && h.COWLoop == "" && h.BaseLoop == "" {
-		return
-	}
-	hc, err := d.helperClient(ctx)
-	if err != nil {
-		d.log.WarnContext(ctx, "overlay teardown: no helper", "vm", vm.Name, "error", err.Error())
-		return
-	}
-	if h.DMName != "" {
-		if _, err := hc.RemoveDMSnapshot(ctx, h.DMName); err != nil {
-			d.log.WarnContext(ctx, "removing dm snapshot", "vm", vm.Name, "dm", h.DMName, "error", err.Error())
-		}
-	}
-	for _, loop := range []string{h.COWLoop, h.BaseLoop} {
-		if loop == "" {
-			continue
-		}
-		if _, err := hc.DetachLoop(ctx, loop); err != nil && rpc.CodeOf(err) != rpc.CodeConflict {
-			d.log.WarnContext(ctx, "detaching loop", "vm", vm.Name, "loop", loop, "error", err.Error())
-		}
-	}
 }

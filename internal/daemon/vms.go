@@ -221,8 +221,12 @@ func (d *Daemon) freeIP(ctx context.Context) (netip.Addr, error) {
 	for _, u := range used {
 		taken[u] = true
 	}
-	p := d.cfg.Subnet()
-	gw := p.Addr().Next()
+	n, err := d.network(ctx)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	p := n.Subnet
+	gw := n.Gateway()
 	for a := gw.Next(); p.Contains(a); a = a.Next() {
 		if !p.Contains(a.Next()) { // broadcast
 			break
@@ -330,7 +334,11 @@ func (d *Daemon) bootVM(ctx context.Context, o *operation, vm model.VM, img mode
 			return "", err
 		}
 		tapStart := time.Now()
-		tap, pooled, err := d.takeTap(ctx, vm, net.Bridge)
+		n, err := d.network(ctx)
+		if err != nil {
+			return "", err
+		}
+		tap, pooled, err := d.takeTap(ctx, vm, n)
 		if err != nil {
 			return "", err
 		}
@@ -412,9 +420,13 @@ func (d *Daemon) driverFor(ctx context.Context, vm model.VM, img model.Image) (v
 
 func (d *Daemon) vmSpec(vm model.VM, img model.Image, accel string) (vmm.Spec, error) {
 	ip := netip.MustParseAddr(vm.Runtime.GuestIP)
-	gw := d.cfg.Subnet().Addr().Next()
+	n, ok := d.cachedNetwork()
+	if !ok {
+		return vmm.Spec{}, rpc.Errorf(rpc.ErrUnavailable, "the network of this daemon is not known yet (no answer from the root helper)")
+	}
+	gw := n.Gateway()
 	settings := guest.Settings{
-		IP: netip.PrefixFrom(ip, d.cfg.Subnet().Bits()), Gateway: gw, DNS: gw, Hostname: vm.Name,
+		IP: netip.PrefixFrom(ip, n.Subnet.Bits()), Gateway: gw, DNS: gw, Hostname: vm.Name,
 	}
 	if accel == "tcg" {
 		settings.TSCKHz = hostTSCKHz()
@@ -507,8 +519,13 @@ func (d *Daemon) waitPort(ctx context.Context, vm model.VM, pid int, deadline ti
 // waitSSH waits for an SSH session with the install's key to succeed,
 // checking the VM's host key against the one pinned at create.
 func (d *Daemon) waitSSH(ctx context.Context, vm model.VM, pid int, deadline time.Time) error {
+	ip, err := netip.ParseAddr(vm.Runtime.GuestIP)
+	if err != nil || !ip.Is4() {
+		return vmError(vm, fmt.Errorf("guest address %q is not an IPv4 address", vm.Runtime.GuestIP))
+	}
 	for {
-		args := append(sshArgs(d.layout.SSHKey(), filepath.Join(vm.Runtime.VMDir, vmFileKnownHosts), "yes", 2), "root@"+vm.Runtime.GuestIP, "true")
+		// "--" ends ssh's options: nothing after it is read as one.
+		args := append(sshArgs(d.layout.SSHKey(), filepath.Join(vm.Runtime.VMDir, vmFileKnownHosts), "yes", 2), "--", "root@"+ip.String(), "true")
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		_, err := (&runner.Exec{}).Run(cctx, d.cfg.Paths.SSH, args...)
 		cancel()

@@ -25,10 +25,8 @@ import (
 	"github.com/banger-dev/banger/internal/runner"
 )
 
-// Overlay strategies, best first. dm-snapshot needs device-mapper and the
-// root helper and is set up by the daemon; the others are files here.
+// Overlay strategies, best first; all are files, made without root.
 const (
-	StrategyDMSnapshot = "dm-snapshot"
 	StrategyReflink    = "reflink"
 	StrategyQcow2      = "qcow2"
 	StrategySparseCopy = "sparse-copy"

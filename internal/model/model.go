@@ -62,7 +62,7 @@ type VMRuntime struct {
 	LogPath       string  `json:"log_path,omitempty"`
 	ConsolePath   string  `json:"console_path,omitempty"`
 	MetricsPath   string  `json:"metrics_path,omitempty"`
-	SystemOverlay string  `json:"system_overlay,omitempty"` // strategy: dm-snapshot, reflink, qcow2, sparse-copy
+	SystemOverlay string  `json:"system_overlay,omitempty"` // strategy: reflink, qcow2, sparse-copy
 	OverlayPath   string  `json:"overlay_path,omitempty"`
 	WorkDiskPath  string  `json:"work_disk_path,omitempty"`
 	LastError     string  `json:"last_error,omitempty"`
@@ -84,10 +84,6 @@ type BootStage struct {
 type VMHandles struct {
 	PID       int    `json:"pid,omitempty"`
 	TapDevice string `json:"tap_device,omitempty"`
-	BaseLoop  string `json:"base_loop,omitempty"`
-	COWLoop   string `json:"cow_loop,omitempty"`
-	DMName    string `json:"dm_name,omitempty"`
-	DMDev     string `json:"dm_dev,omitempty"`
 }
 
 // Image is one row of the images table.
