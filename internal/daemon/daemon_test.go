@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/logging"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/paths"
@@ -66,6 +67,11 @@ func newTestDaemon(t testing.TB, fakeHelper func(*rpc.Server)) (*Daemon, *locked
 		log: logging.New(logs, slog.LevelDebug, "test"), store: st, started: time.Now(), stop: cancel, runCtx: ctx,
 		ops: newOpRegistry(), imageBuilds: map[string]string{}, handles: map[string]*model.VMHandles{},
 		vmLocks: map[string]*vmLock{}, helperPeers: []uint32{0, uint32(os.Getuid())},
+	}
+	if os.Geteuid() != 0 {
+		// A user's daemon learns its network from the helper; tests that
+		// fake no helper get the grant it would report.
+		d.grant = &helperapi.Grant{User: "test", UID: uint32(os.Getuid()), Net: 1, Subnet: cfg.Network.Subnet}
 	}
 	if fakeHelper != nil {
 		srv := rpc.NewServer("helper", logging.New(logs, slog.LevelDebug, "fake-helper"))

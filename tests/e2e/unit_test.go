@@ -1,0 +1,119 @@
+package e2e
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/helperapi"
+	"github.com/banger-dev/banger/internal/testutil"
+	"github.com/banger-dev/banger/tests/harness"
+)
+
+// TestHelperUnitUnderSystemd runs the shipped banger-helper.service under a
+// real systemd, with every hardening option in force: in a banger VM (the
+// development machine has no systemd as PID 1). The helper, the unit as
+// `banger system install` writes it and a grants file go into the guest;
+// systemd starts it; helperprobe then calls every method as root and as the
+// granted uid 65534, and they all work (netlink, nftables, /dev/net/tun,
+// the per-interface sysctls under ProtectKernelTunables, port 53).
+func TestHelperUnitUnderSystemd(t *testing.T) {
+	requireE2E(t)
+	image := ensureImage(t)
+	if !testutil.InNetNS(t) {
+		return
+	}
+	goBin := testutil.RequireTool(t, "go")
+	dir := t.TempDir()
+	probe := filepath.Join(dir, "helperprobe")
+	build := exec.Command(goBin, "build", "-o", probe, "./helperprobe")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building helperprobe: %v\n%s", err, out)
+	}
+	e := newVMEnv(t, image)
+	e.MustBanger("vm", "create", "--name", "sd")
+	var info api.VMInfo
+	e.JSON(&info, "vm", "show", "sd")
+
+	unit := helperapi.UnitFile(helperapi.DefaultUnitOptions())
+	grants := helperapi.Grants{Users: []helperapi.Grant{{User: "nobody", UID: 65534, Net: 1, Subnet: "10.231.98.0/24"}}}.Marshal()
+	for _, f := range []struct {
+		local  string
+		data   []byte
+		remote string
+		mode   string
+	}{
+		{local: filepath.Join(harness.BinDir, "banger-helper"), remote: helperapi.DefaultBinaryPath, mode: "755"},
+		{local: probe, remote: "/usr/local/bin/helperprobe", mode: "755"},
+		{data: []byte(unit), remote: "/etc/systemd/system/banger-helper.service", mode: "644"},
+		{data: grants, remote: helperapi.DefaultGrantsFile, mode: "644"},
+	} {
+		data := f.data
+		if f.local != "" {
+			var err error
+			if data, err = os.ReadFile(f.local); err != nil {
+				t.Fatal(err)
+			}
+		}
+		guestSh(t, e, info, data, `mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"`, f.remote, f.mode)
+	}
+	out := guestSh(t, e, info, nil, "systemctl daemon-reload && systemctl start banger-helper.service && systemctl is-active banger-helper.service")
+	if strings.TrimSpace(out) != "active" {
+		t.Fatalf("banger-helper.service: %q", out)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("journal of the unit:\n%s", guestSh(t, e, info, nil, "journalctl -u banger-helper.service --no-pager | tail -n 40; cat /var/log/banger/helper.log | tail -n 40"))
+		}
+	})
+	for _, run := range []struct{ who, cmd string }{
+		{"root", "helperprobe"},
+		{"uid 65534", "setpriv --reuid=65534 --regid=65534 --clear-groups helperprobe -user"},
+	} {
+		out := guestSh(t, e, info, nil, run.cmd+" 2>&1; echo exit=$?")
+		t.Logf("helperprobe as %s under systemd:\n%s", run.who, out)
+		if !strings.Contains(out, "exit=0") || strings.Contains(out, "FAIL") || !strings.Contains(out, "ok bridge.delete") {
+			t.Errorf("helperprobe as %s failed under the hardened unit", run.who)
+		}
+	}
+	// The unit really is the hardened one, and systemd rates it so.
+	props := guestSh(t, e, info, nil, "systemctl show -p CapabilityBoundingSet -p ProtectKernelTunables -p PrivateDevices -p ProtectHome banger-helper.service")
+	for _, want := range []string{"CapabilityBoundingSet=cap_net_bind_service cap_net_admin", "ProtectKernelTunables=yes", "PrivateDevices=yes", "ProtectHome=yes"} {
+		if !strings.Contains(props, want) {
+			t.Errorf("unit properties lack %q:\n%s", want, props)
+		}
+	}
+	score := guestSh(t, e, info, nil, "systemd-analyze security banger-helper.service | tail -n 1")
+	t.Logf("systemd-analyze security in the guest: %s", strings.TrimSpace(score))
+	e.MustBanger("vm", "delete", "sd")
+}
+
+// guestSh runs sh -c script with args in the VM as root over banger's ssh
+// settings, stdin from data, and returns its output.
+func guestSh(t *testing.T, e *harness.Env, info api.VMInfo, data []byte, script string, args ...string) string {
+	t.Helper()
+	argv := []string{"-i", filepath.Join(e.StateDir, "id_ed25519"), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+		"-o", "UserKnownHostsFile=" + filepath.Join(info.Runtime.VMDir, "known_hosts"), "-o", "StrictHostKeyChecking=yes",
+		"-o", "LogLevel=ERROR", "--", "root@" + info.Runtime.GuestIP, shellQuote(append([]string{"sh", "-c", script, "sh"}, args...))}
+	cmd := exec.Command("ssh", argv...)
+	cmd.Stdin = bytes.NewReader(data)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("in the guest: %s: %v\n%s", script, err, out)
+	}
+	return string(out)
+}
+
+// shellQuote joins words for the remote shell ssh hands its command to.
+func shellQuote(words []string) string {
+	q := make([]string, len(words))
+	for i, w := range words {
+		q[i] = "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
+	}
+	return strings.Join(q, " ")
+}
