@@ -15,6 +15,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/daemon"
+	"github.com/banger-dev/banger/internal/imagebuild"
 	"github.com/banger-dev/banger/internal/logging"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/rpc"
@@ -22,6 +23,12 @@ import (
 )
 
 func main() {
+	// mmdebstrap runs a copy of this binary as an image build's customize
+	// hook (internal/imagebuild): recognised by its environment, before
+	// any flag or config is read.
+	if imagebuild.IsHook() {
+		os.Exit(imagebuild.RunHook())
+	}
 	os.Exit(run())
 }
 

@@ -11,14 +11,15 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/disk"
 	"github.com/banger-dev/banger/internal/guest"
-	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/image"
+	"github.com/banger-dev/banger/internal/imagebuild"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/op"
 	"github.com/banger-dev/banger/internal/rpc"
@@ -34,8 +35,18 @@ const (
 	fileInitrd    = "initrd.img"
 	fileBuildLog  = "build.log"
 	fileImageMeta = "image.json"
-	fileBuildID   = ".build-id"
 )
+
+// imageBuilder is how the daemon builds images: imagebuild's functions.
+// Unit tests swap in fakes (no mmdebstrap, no mirror).
+var imageBuilder = struct {
+	preflight func(imagebuild.Spec, imagebuild.Keyrings) (string, error)
+	build     func(context.Context, imagebuild.Spec, imagebuild.Options) (imagebuild.Result, error)
+}{imagebuild.Preflight, imagebuild.Build}
+
+// maxImageBuilds bounds the builds one daemon runs at once: each is an
+// mmdebstrap with half a GiB of tree and a mirror download.
+const maxImageBuilds = 2
 
 // Stages of an image build, in order.
 var imageBuildStages = []string{"bootstrap", "configure", "pack", "kernel", "checksums", "register"}
@@ -83,11 +94,29 @@ func (d *Daemon) prepareImageBuild(ctx context.Context, p api.ImageBuildParams) 
 		p.Mirror, security = m, s
 	}
 
+	spec := imagebuild.Spec{Suite: p.Suite, Mirror: p.Mirror, SecurityMirror: security, Packages: p.ExtraPackages,
+		Variant: p.Variant, RootfsSize: p.RootfsSize}
+	// Refused here, before an operation starts and anything is
+	// downloaded: a bad spec, a suite without a pinned keyring, a host
+	// that cannot build (tools, subordinate ids).
+	if _, err := imageBuilder.preflight(spec, nil); err != nil {
+		return nil, err
+	}
+
 	d.imagesMu.Lock()
 	defer d.imagesMu.Unlock()
 	if other, busy := d.imageBuilds[p.Name]; busy {
 		return nil, rpc.WithHint(rpc.Errorf(rpc.ErrConflict, "image %q is already being built by %s", p.Name, other),
 			"follow it: banger daemon logs --follow --op "+other)
+	}
+	if n := len(d.imageBuilds); n >= maxImageBuilds {
+		var ops []string
+		for name, id := range d.imageBuilds {
+			ops = append(ops, name+" ("+id+")")
+		}
+		slices.Sort(ops)
+		return nil, rpc.WithHint(rpc.Errorf(rpc.ErrConflict, "%d image builds are running (%s), the most one daemon runs at once", n, strings.Join(ops, ", ")),
+			"wait for one to finish (banger daemon logs --follow --op ID), then build again")
 	}
 	if _, err := d.store.GetImage(ctx, p.Name); err == nil {
 		return nil, rpc.WithHint(rpc.Errorf(rpc.ErrConflict, "image %q already exists", p.Name),
@@ -96,7 +125,7 @@ func (d *Daemon) prepareImageBuild(ctx context.Context, p api.ImageBuildParams) 
 		return nil, err
 	}
 
-	b := &imageBuild{p: p, security: security, dir: d.layout.ImageDir(p.Name)}
+	b := &imageBuild{p: p, spec: spec, dir: d.layout.ImageDir(p.Name)}
 	b.logPath = filepath.Join(b.dir, fileBuildLog)
 	if err := d.clearImageDir(ctx, b.dir); err != nil {
 		return nil, err
@@ -108,8 +137,9 @@ func (d *Daemon) prepareImageBuild(ctx context.Context, p api.ImageBuildParams) 
 // imageBuild is a build whose name is reserved and whose directory is
 // ready.
 type imageBuild struct {
-	p                      api.ImageBuildParams
-	security, dir, logPath string
+	p            api.ImageBuildParams
+	spec         imagebuild.Spec
+	dir, logPath string
 }
 
 // startImageBuild begins a build as an operation of its own, in the
@@ -138,7 +168,7 @@ func (d *Daemon) startImageBuild(ctx context.Context, p api.ImageBuildParams) (*
 // then releases the name.
 func (d *Daemon) runBuild(ctx context.Context, o *operation, b *imageBuild, stagePrefix string) (model.Image, error) {
 	start := time.Now()
-	img, err := d.runImageBuild(ctx, o, b.p, b.security, b.dir, b.logPath, stagePrefix)
+	img, err := d.runImageBuild(ctx, o, b, stagePrefix)
 	d.imagesMu.Lock()
 	delete(d.imageBuilds, b.p.Name)
 	d.imagesMu.Unlock()
@@ -154,94 +184,81 @@ func (d *Daemon) runBuild(ctx context.Context, o *operation, b *imageBuild, stag
 // clearImageDir prepares dir for a build: what an earlier failed build left
 // (never a registered image: the caller checked) is removed.
 func (d *Daemon) clearImageDir(ctx context.Context, dir string) error {
-	if old, err := os.ReadFile(filepath.Join(dir, fileBuildID)); err == nil {
-		d.discardBuild(ctx, strings.TrimSpace(string(old)))
-	}
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("clearing %s: %w", dir, err)
 	}
 	return os.MkdirAll(dir, 0o700)
 }
 
-func (d *Daemon) discardBuild(ctx context.Context, buildID string) {
-	h, err := d.helperClient(ctx)
-	if err != nil {
-		return
-	}
-	if _, err := h.ImageDiscard(ctx, buildID); err != nil {
-		d.log.WarnContext(ctx, "discarding build tree", "build_id", buildID, "error", err.Error())
-	}
-}
-
-func (d *Daemon) runImageBuild(ctx context.Context, o *operation, p api.ImageBuildParams, security, dir, logPath, stagePrefix string) (img model.Image, err error) {
+// runImageBuild builds b's image into its directory as this daemon's
+// user (imagebuild: mmdebstrap in user namespaces, no helper), then
+// extracts the vmlinux, hashes the disks and registers the image. The
+// bootstrap, configure and pack stages are one mmdebstrap run: its hook
+// says when configure and pack begin.
+func (d *Daemon) runImageBuild(ctx context.Context, o *operation, b *imageBuild, stagePrefix string) (img model.Image, err error) {
+	p, dir, logPath := b.p, b.dir, b.logPath
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return img, err
 	}
 	defer logf.Close()
 	fmt.Fprintf(logf, "==> banger image build %s (%s) suite=%s mirror=%s\n", p.Name, op.From(ctx), p.Suite, p.Mirror)
-
-	// The build id names the helper's scratch tree; it is recorded so that
-	// a build interrupted by a crash can be discarded later.
-	buildID := p.Name + "-" + strings.TrimPrefix(op.From(ctx), op.Prefix)
-	if len(buildID) > 63 {
-		buildID = buildID[len(buildID)-63:]
-		buildID = strings.TrimLeft(buildID, "-")
-	}
-	if err := os.WriteFile(filepath.Join(dir, fileBuildID), []byte(buildID+"\n"), 0o600); err != nil {
-		return img, err
-	}
 	defer func() {
-		d.discardBuild(ctx, buildID)
 		if err != nil {
 			d.removeImageFiles(dir)
 		}
 	}()
 
-	h, err := d.helperClient(ctx)
-	if err != nil {
-		return img, err
+	// A daemon that stops cancels its builds: mmdebstrap gets SIGTERM and
+	// removes its chroot.
+	bctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if d.runCtx != nil {
+		stop := context.AfterFunc(d.runCtx, cancel)
+		defer stop()
 	}
-	packages := append(append([]string(nil), guest.BasePackages...), p.ExtraPackages...)
-	var kernelVersion string
-	var packed helperapi.ImagePackResult
+	t := newBuildTracker()
+	go func() {
+		r, err := imageBuilder.build(bctx, b.spec, imagebuild.Options{OutDir: dir, Log: logf, LogPath: logPath, OnStage: t.event})
+		t.finish(r, err)
+	}()
+	// Every return below stops Build (a no-op once it ended) and waits
+	// for it: it owns logf and dir until then.
+	defer func() {
+		cancel()
+		t.wait()
+	}()
 
+	pkgs := len(b.spec.AllPackages())
 	if err := o.stage(ctx, d.log, stagePrefix+"bootstrap", func() (string, error) {
-		_, err := h.ImageBootstrap(ctx, helperapi.ImageBootstrapParams{
-			BuildID: buildID, Suite: p.Suite, Mirror: p.Mirror, Packages: packages, LogPath: logPath,
-		})
-		return fmt.Sprintf("debootstrap %s with %d packages", p.Suite, len(packages)), err
+		_, err := t.until("configure")
+		return fmt.Sprintf("mmdebstrap %s with %d packages", p.Suite, pkgs), err
 	}); err != nil {
 		return img, err
 	}
 	if err := o.stage(ctx, d.log, stagePrefix+"configure", func() (string, error) {
-		r, err := h.ImageConfigure(ctx, helperapi.ImageConfigureParams{
-			BuildID: buildID, Suite: p.Suite, Mirror: p.Mirror, SecurityMirror: security, Variant: p.Variant, LogPath: logPath,
-		})
-		kernelVersion = r.KernelVersion
+		e, err := t.until("pack")
 		variant := p.Variant
 		if variant == "" {
 			variant = guest.VariantLean
 		}
-		return "kernel " + r.KernelVersion + ", " + variant + " variant", err
+		return "kernel " + e.KernelVersion + ", " + variant + " variant", err
 	}); err != nil {
 		return img, err
 	}
+	var built imagebuild.Result
 	if err := o.stage(ctx, d.log, stagePrefix+"pack", func() (string, error) {
 		var err error
-		packed, err = h.ImagePack(ctx, helperapi.ImagePackParams{
-			BuildID: buildID, OutDir: dir, RootfsSize: p.RootfsSize,
-			UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), LogPath: logPath,
-		})
-		return fmt.Sprintf("rootfs %d MiB, work-seed %d MiB", packed.RootfsSize>>20, packed.WorkSeedSize>>20), err
+		built, err = t.wait()
+		return fmt.Sprintf("rootfs %d MiB, work-seed %d MiB, %s initrd", built.RootfsSize>>20, built.WorkSeedSize>>20, built.Initrd), err
 	}); err != nil {
 		return img, err
 	}
 	img = model.Image{
-		Name: p.Name, Dir: dir, Source: "built", Suite: p.Suite, KernelVersion: kernelVersion,
-		RootfsPath: packed.Rootfs, RootfsSize: packed.RootfsSize,
-		WorkSeedPath: packed.WorkSeed, WorkSeedSize: packed.WorkSeedSize,
-		KernelPath: packed.Kernel, InitrdPath: packed.Initrd,
+		Name: p.Name, Dir: dir, Source: "built", Suite: p.Suite, KernelVersion: built.KernelVersion,
+		RootfsPath: built.Rootfs, RootfsSize: built.RootfsSize,
+		WorkSeedPath: built.WorkSeed, WorkSeedSize: built.WorkSeedSize,
+		KernelPath: built.Kernel, InitrdPath: built.InitrdPath,
 		VmlinuxPath: filepath.Join(dir, fileVmlinux), BuildLogPath: logPath,
 	}
 	if err := o.stage(ctx, d.log, stagePrefix+"kernel", func() (string, error) {
@@ -266,6 +283,58 @@ func (d *Daemon) runImageBuild(ctx context.Context, o *operation, p api.ImageBui
 	return img, err
 }
 
+// buildTracker turns imagebuild's stage events and its end into the
+// daemon's stages, which run one after the other.
+type buildTracker struct {
+	events chan imagebuild.Event
+	done   chan struct{}
+	res    imagebuild.Result
+	err    error
+}
+
+func newBuildTracker() *buildTracker {
+	// Two events at most: sending never blocks.
+	return &buildTracker{events: make(chan imagebuild.Event, 4), done: make(chan struct{})}
+}
+
+func (t *buildTracker) event(e imagebuild.Event) { t.events <- e }
+
+func (t *buildTracker) finish(r imagebuild.Result, err error) {
+	t.res, t.err = r, err
+	close(t.done)
+}
+
+// until waits for stage to begin; a build that ends first is its error.
+func (t *buildTracker) until(stage string) (imagebuild.Event, error) {
+	select {
+	case e := <-t.events:
+		return t.check(stage, e)
+	case <-t.done:
+	}
+	select {
+	case e := <-t.events:
+		return t.check(stage, e)
+	default:
+	}
+	if t.err != nil {
+		return imagebuild.Event{}, t.err
+	}
+	return imagebuild.Event{}, fmt.Errorf("the build ended before its %s stage", stage)
+}
+
+func (t *buildTracker) check(stage string, e imagebuild.Event) (imagebuild.Event, error) {
+	if e.Stage != stage {
+		return e, fmt.Errorf("the build reported stage %s, want %s", e.Stage, stage)
+	}
+	return e, nil
+}
+
+// wait waits for the build's end.
+func (t *buildTracker) wait() (imagebuild.Result, error) {
+	<-t.done
+	return t.res, t.err
+}
+
 // registerImage reads the image's guest contract from its rootfs, writes
 // image.json (so a crash between here and the insert is recoverable) and
 // inserts the row.
@@ -283,7 +352,6 @@ func (d *Daemon) registerImage(ctx context.Context, img *model.Image) error {
 	if err := os.WriteFile(filepath.Join(img.Dir, fileImageMeta), meta, 0o600); err != nil {
 		return err
 	}
-	os.Remove(filepath.Join(img.Dir, fileBuildID))
 	return d.store.CreateImage(ctx, img)
 }
 

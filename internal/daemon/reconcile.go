@@ -6,7 +6,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/rpc"
@@ -42,9 +41,6 @@ func (d *Daemon) reconcileImages(ctx context.Context) {
 				d.log.InfoContext(ctx, "reconcile: registered a finished image", "image", name)
 				continue
 			}
-		}
-		if old, err := os.ReadFile(filepath.Join(dir, fileBuildID)); err == nil {
-			d.discardBuild(ctx, strings.TrimSpace(string(old)))
 		}
 		d.removeImageFiles(dir)
 		d.log.InfoContext(ctx, "reconcile: removed an unfinished image build", "image", name, "build_log", filepath.Join(dir, fileBuildLog))
