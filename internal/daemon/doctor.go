@@ -13,6 +13,7 @@ import (
 	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/hostcheck"
 	"github.com/banger-dev/banger/internal/hostnet"
+	"github.com/banger-dev/banger/internal/imagebuild"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/rpc"
 )
@@ -216,16 +217,19 @@ func (d *Daemon) doctor(ctx context.Context, _ noParams) (api.DoctorReport, erro
 		add("disk", st, fmt.Sprintf("%.1f GiB free under %s", float64(free)/(1<<30), d.layout.StateDir), hint)
 	}
 
+	// Image builds: mmdebstrap, subordinate ids, user namespaces, keyring.
+	checks = append(checks, imagebuild.HostChecks(ctx, d.cfg.Image.Suite)...)
+
 	var missing []string
-	for _, tool := range []string{"mke2fs", "e2fsck", "resize2fs", "debootstrap", "qemu-img", d.cfg.Paths.SSH} {
+	for _, tool := range []string{"mke2fs", "e2fsck", "resize2fs", "qemu-img", d.cfg.Paths.SSH} {
 		if _, err := exec.LookPath(tool); err != nil {
 			missing = append(missing, tool)
 		}
 	}
 	if len(missing) > 0 {
-		add("tools", hostcheck.Fail, "missing: "+strings.Join(missing, ", "), "apt-get install e2fsprogs debootstrap qemu-utils openssh-client")
+		add("tools", hostcheck.Fail, "missing: "+strings.Join(missing, ", "), "apt-get install e2fsprogs qemu-utils openssh-client")
 	} else {
-		add("tools", hostcheck.OK, "mke2fs, e2fsck, resize2fs, debootstrap, qemu-img and ssh found", "")
+		add("tools", hostcheck.OK, "mke2fs, e2fsck, resize2fs, qemu-img and ssh found", "")
 	}
 
 	imgs, err := d.store.ListImages(ctx)

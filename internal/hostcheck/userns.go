@@ -1,7 +1,6 @@
 package hostcheck
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/banger-dev/banger/internal/subid"
 )
 
 // What an unprivileged image build (mmdebstrap --mode=unshare) needs of the
@@ -24,7 +25,7 @@ const (
 
 // MinSubIDs is the smallest subordinate id range an image build accepts:
 // Debian's packages use ids up to 65534 (nobody) inside the build.
-const MinSubIDs = 65536
+const MinSubIDs = subid.Needed
 
 // SubIDRange is the first range of subordinate ids a user has in a file.
 type SubIDRange struct {
@@ -34,47 +35,33 @@ type SubIDRange struct {
 // ErrNoSubIDs: the user has no usable range in the file.
 var ErrNoSubIDs = errors.New("no subordinate id range")
 
-// SubIDs returns user's first range in file (SubUIDFile or SubGIDFile),
-// looked up by user name as mmdebstrap does. A range of fewer than
-// MinSubIDs ids, a file that is missing or a user that appears only by
-// numeric uid (newuidmap accepts that, mmdebstrap does not) is
-// ErrNoSubIDs, with the reason.
+// SubIDs returns user's first range in file (SubUIDFile or SubGIDFile,
+// parsed by package subid), looked up by user name as mmdebstrap does. A
+// range of fewer than MinSubIDs ids, a file that is missing or a user that
+// appears only by numeric uid (newuidmap accepts that, mmdebstrap does
+// not) is ErrNoSubIDs, with the reason.
 func SubIDs(file, user string, uid int) (SubIDRange, error) {
-	f, err := os.Open(file)
-	if err != nil {
+	if _, err := os.Stat(file); err != nil {
 		return SubIDRange{}, fmt.Errorf("%s: %w (%v)", file, ErrNoSubIDs, err)
 	}
-	defer f.Close()
+	ranges, err := subid.Read(file)
+	if err != nil {
+		return SubIDRange{}, err
+	}
 	byUID := false
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
+	for _, r := range ranges {
+		if r.Owner == strconv.Itoa(uid) {
+			byUID = true
+		}
+		if r.Owner != user {
 			continue
-		}
-		parts := strings.Split(line, ":")
-		if len(parts) != 3 {
-			continue
-		}
-		if parts[0] != user {
-			if parts[0] == strconv.Itoa(uid) {
-				byUID = true
-			}
-			continue
-		}
-		start, err1 := strconv.ParseUint(parts[1], 10, 32)
-		count, err2 := strconv.ParseUint(parts[2], 10, 32)
-		if err1 != nil || err2 != nil {
-			return SubIDRange{}, fmt.Errorf("%s: the entry of %s is malformed (%q): %w", file, user, line, ErrNoSubIDs)
-		}
-		if count < MinSubIDs {
-			return SubIDRange{Start: start, Count: count}, fmt.Errorf("%s: %s has %d subordinate ids, fewer than the %d an image build needs: %w", file, user, count, MinSubIDs, ErrNoSubIDs)
 		}
 		// mmdebstrap uses the first entry of the user only.
-		return SubIDRange{Start: start, Count: count}, nil
-	}
-	if err := sc.Err(); err != nil {
-		return SubIDRange{}, fmt.Errorf("reading %s: %w", file, err)
+		got := SubIDRange{Start: r.Start, Count: r.Count}
+		if r.Count < MinSubIDs {
+			return got, fmt.Errorf("%s: %s has %d subordinate ids, fewer than the %d an image build needs: %w", file, user, r.Count, MinSubIDs, ErrNoSubIDs)
+		}
+		return got, nil
 	}
 	if byUID {
 		return SubIDRange{}, fmt.Errorf("%s lists uid %d but not the name %s, and mmdebstrap looks users up by name: %w", file, uid, user, ErrNoSubIDs)

@@ -502,13 +502,20 @@ func trunc(s string) string {
 	return s
 }
 
-// readLogFrom returns the log from offset on (at most its last 1 MiB).
-func readLogFrom(f *os.File, off int64) string {
+// readLogFrom returns the log from offset on (at most its last 1 MiB). The
+// log is open for appending only: it is read through a descriptor of its
+// own, opened from /proc/self/fd (the very file, whatever its path).
+func readLogFrom(log *os.File, off int64) string {
+	f, err := os.Open(fdPath(int(log.Fd())))
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
 	end, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
 		return ""
 	}
-	off = max(off, end-1<<20)
+	off = min(max(off, end-1<<20), end)
 	buf := make([]byte, end-off)
 	n, _ := f.ReadAt(buf, off)
 	return string(buf[:n])
