@@ -32,8 +32,10 @@ import (
 )
 
 // BuilderVersion names the image builder's behaviour for cache keys: bump it
-// when a build from the same packages and Files() would differ.
-const BuilderVersion = "4"
+// when a build from the same packages and Files() would differ. 5: built by
+// mmdebstrap as the daemon's user (internal/imagebuild), not debootstrap in
+// the root helper.
+const BuilderVersion = "5"
 
 //go:embed files
 var embedded embed.FS

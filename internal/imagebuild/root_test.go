@@ -420,16 +420,16 @@ func bindSubIDs(subuid, subgid string) error {
 }
 
 // userBuildCmd runs the "build" child as a.UID (its group too, no
-// supplementary groups) from a.Exe, a copy of the test binary that uid can
-// run.
+// supplementary groups; root stays root) from a.Exe, a copy of the test
+// binary that uid can run.
 func userBuildCmd(a childArgs) *exec.Cmd {
 	raw, _ := json.Marshal(a)
 	cmd := exec.Command(a.Exe)
 	cmd.Dir = "/"
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/", envChild + "=build", envChildArgs + "=" + string(raw)}
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential: &syscall.Credential{Uid: uint32(a.UID), Gid: uint32(a.UID), Groups: []uint32{}},
-		Pdeathsig:  syscall.SIGKILL,
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if a.UID != 0 {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(a.UID), Gid: uint32(a.UID), Groups: []uint32{}}
 	}
 	return cmd
 }

@@ -152,8 +152,9 @@ func removeWorkDir(ctx context.Context, dir string, log io.Writer) error {
 }
 
 // staleAge is how old a work directory must be before another build may
-// remove it: a directory younger than that may be one being made.
-const staleAge = time.Minute
+// remove it: a directory younger than that may be one being made. (A
+// variable for the tests.)
+var staleAge = time.Minute
 
 // sweepStale removes work directories of this user under tempDir left by
 // builds that are gone (bangerd killed, the machine rebooted): older than

@@ -35,7 +35,9 @@ func DebianMirror(suite string) (mirror, security string, err error) {
 // suite, mirror, security mirror and packages: a hash of those, of every
 // entry guest.Files() writes (path, mode, content, target), of the masked
 // units, the initrd modules and guest.BuilderVersion. Any change to what an
-// image would hold gives a new key.
+// image would hold gives a new key; so does a change of builder (version 5
+// is internal/imagebuild's mmdebstrap build: no image cached from the
+// helper's debootstrap build is reused).
 func GuestImageKey(suite, mirror, security string, packages []string) string {
 	h := sha256.New()
 	put := func(s string) {
