@@ -18,11 +18,13 @@ import (
 )
 
 // TestUnprivilegedVMRun: the CLI and bangerd run as uid 65534 and only the
-// helper, started here, runs as root. vm run works across that boundary,
-// and the VMM runs as the unprivileged user.
+// helper, started here, runs as root. The image was built by uid 65534's
+// own bangerd (harness.EnsureUserImage). vm run works across that boundary,
+// on the network root granted, and the VMM runs as the unprivileged user.
 func TestUnprivilegedVMRun(t *testing.T) {
 	requireE2E(t)
-	image := ensureImage(t)
+	testutil.RequireTool(t, "mmdebstrap")
+	image := harness.EnsureUserImage(t)
 	if !testutil.InNetNS(t) {
 		return
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -69,6 +70,9 @@ type Env struct {
 	// Cred, when set, runs the CLI (and so the daemon it starts) as
 	// another user.
 	Cred *syscall.Credential
+	// Prefix, when set, is the argv the CLI runs under (a wrapper that
+	// ends by exec'ing its arguments).
+	Prefix []string
 }
 
 // NewEnv makes a private install. Cleanup stops its daemon (and kills it if
@@ -125,7 +129,8 @@ func (r Result) String() string {
 // Banger runs the CLI with args.
 func (e *Env) Banger(args ...string) Result {
 	e.T.Helper()
-	cmd := exec.Command(filepath.Join(BinDir, "banger"), args...)
+	argv := append(append(slices.Clone(e.Prefix), filepath.Join(BinDir, "banger")), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = e.Vars
 	if e.Cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: e.Cred}

@@ -40,7 +40,11 @@ func EnsureImage(t *testing.T) string { return EnsureImageVariant(t, "") }
 // EnsureImageVariant is EnsureImage for an image variant (guest.Variant*).
 func EnsureImageVariant(t *testing.T, variant string) string {
 	t.Helper()
-	dir := filepath.Join(testutil.ImageCacheDir, ImageKey(t, variant))
+	base := testutil.ImageCacheDir
+	if b := os.Getenv("BANGER_TEST_IMAGE_CACHE"); b != "" {
+		base = b // as testutil.CachedImage: a cache of one's own forces a fresh build
+	}
+	dir := filepath.Join(base, ImageKey(t, variant))
 	complete := true
 	for _, f := range ImageFiles {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
@@ -54,7 +58,7 @@ func EnsureImageVariant(t *testing.T, variant string) string {
 	if os.Getenv(testutil.EnvNetNS) != "" {
 		t.Fatalf("image cache %s missing inside the namespace; the parent test builds it", dir)
 	}
-	t.Logf("image cache miss: building %s with banger image build (about a minute)", dir)
+	t.Logf("image cache miss: building %s with banger image build (mmdebstrap as the root daemon, no helper; under a minute)", dir)
 	e := NewEnv(t)
 	defer e.KillHelper()
 	args := []string{"image", "build", "--name", "default"}
