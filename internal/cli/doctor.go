@@ -17,9 +17,11 @@ func (a *app) doctorCommand() *cobra.Command {
 		Short: "Check this host for what banger needs, and say what to do about each gap",
 		Long: `Checks, for real: whether KVM can run an ordinary guest kernel (a test guest
 through the KVM API, then a kernel boot under qemu), the qemu and firecracker
-binaries and versions, TUN, loop devices, device-mapper, nftables, the root
-helper (reachable, same version), the guest subnet against host routes, free
-disk space, the tools image builds need, and images without a work-seed.
+binaries and versions, TUN, nftables, the root helper (reachable, same
+version) and, for a user, the network root granted; the subnet against the
+host's addresses and routes, free disk space, what unprivileged image builds
+need (mmdebstrap, newuidmap, subordinate ids, user namespaces, the suite's
+keyring), and images without a work-seed.
 
 Exits 0 when nothing failed (warnings allowed), 5 otherwise.`,
 		Args: noArgs,
