@@ -33,12 +33,15 @@ func (a *app) imageBuildCommand() *cobra.Command {
 	var detach bool
 	cmd := &cobra.Command{
 		Use:   "build --name NAME",
-		Short: "Build a bootable Debian image with debootstrap (through the root helper)",
-		Long: `Builds a Debian image: debootstrap of a minimal system with the cloud kernel,
+		Short: "Build a bootable Debian image with mmdebstrap, as you (no root helper)",
+		Long: `Builds a Debian image: mmdebstrap of a minimal system with the cloud kernel,
 systemd and sshd, banger's guest unit (applies the VM's address, gateway, DNS
 and host name from the kernel command line), the work disk at /root, and an
-initrd with the virtio-mmio drivers. Takes a minute or two; every step's output
-goes to the image's build.log.
+initrd with the virtio-mmio drivers. It runs as the daemon's user, in user
+namespaces (package scripts run as your subordinate ids: sudo banger system
+install --user NAME gives you a range), and the archive's signature is checked
+against the suite's keyring (debian-archive-keyring) and nothing else. Takes a
+minute or so; every step's output goes to the image's build.log.
 
 The mirror defaults to image.mirror in the config, else the mirror this host's
 apt uses.`,

@@ -173,7 +173,13 @@ func (d *Daemon) runBuild(ctx context.Context, o *operation, b *imageBuild, stag
 	delete(d.imageBuilds, b.p.Name)
 	d.imagesMu.Unlock()
 	if err != nil {
-		err = rpc.WithHint(fmt.Errorf("building image %q: %w; build log: %s", b.p.Name, err, b.logPath), "read the build log: "+b.logPath)
+		// The build's own next step (install a keyring, get subordinate
+		// ids) comes first; the log always.
+		hint := "read the build log: " + b.logPath
+		if h := rpc.HintOf(err); h != "" {
+			hint = h + "; build log: " + b.logPath
+		}
+		err = rpc.WithHint(fmt.Errorf("building image %q: %w; build log: %s", b.p.Name, err, b.logPath), hint)
 		d.log.ErrorContext(ctx, "image build failed", "image", b.p.Name, "error", err.Error(), "build_log", b.logPath)
 		return img, err
 	}

@@ -67,7 +67,7 @@ func (f *fakeBuilder) build(ctx context.Context, s imagebuild.Spec, o imagebuild
 	for _, stage := range []string{"bootstrap", "configure", "pack"} {
 		fmt.Fprintf(o.Log, "==> %s\nE: something broke\n", stage)
 		if stage == f.failAt {
-			return imagebuild.Result{}, fmt.Errorf("%s failed (exit status 1) (full output in %s)", stage, o.LogPath)
+			return imagebuild.Result{}, rpc.WithHint(fmt.Errorf("%s failed (exit status 1) (full output in %s)", stage, o.LogPath), "do the "+stage+" thing")
 		}
 		switch stage {
 		case "bootstrap":
@@ -119,6 +119,10 @@ func TestImageBuildFailureCleansUpAndNamesLogAndOpID(t *testing.T) {
 			logPath := filepath.Join(d.layout.ImageDir("img"), "build.log")
 			if final.Error.OpID != "op-b0117d" || !strings.Contains(final.Error.Message, logPath) || !strings.Contains(final.Error.Hint, logPath) {
 				t.Fatalf("error lacks op id or build log: %+v", final.Error)
+			}
+			// The build's own hint comes first.
+			if !strings.HasPrefix(final.Error.Hint, "do the "+failAt+" thing; build log: ") {
+				t.Errorf("hint %q", final.Error.Hint)
 			}
 			states := map[string]string{}
 			for _, s := range final.Stages {

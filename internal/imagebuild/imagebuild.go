@@ -11,22 +11,22 @@
 // verified against the suite's pinned keyring (Keyrings) and nothing else;
 // a suite without a keyring on the host is refused before anything is
 // downloaded. The customize hook is this very binary (IsHook, RunHook): it
-// writes banger's guest files (internal/guest), packs the tree into the
-// image's rootfs.ext4, work-seed.ext4, vmlinuz, initrd.img and
-// kernel.config, whose descriptors Build passed it, and reports its stages
-// on a pipe; mmdebstrap then deletes the chroot.
+// takes the image's output files from Build over a socket, writes banger's
+// guest files (internal/guest) into the tree, packs it into rootfs.ext4 and
+// work-seed.ext4, copies out vmlinuz, initrd.img and kernel.config, and
+// reports each stage; mmdebstrap then deletes the chroot.
 //
 // Build is the narrow interface: a Spec (validated without touching the
 // host), Options (the image directory, the build log, a stage callback)
 // and a Result. Preflight checks the host for a Spec (keyring, tools,
-// subordinate ids) and is what `banger doctor` and the daemon call before
-// starting an operation.
+// subordinate ids) and is what the daemon calls before starting an
+// operation; HostChecks are `banger doctor`'s lines.
 //
 // mmdebstrap is started with os/exec rather than through internal/runner:
-// it needs inherited descriptors, a process group to signal, a parent-death
-// signal and a stop that sends SIGTERM before SIGKILL. Its argv comes from
-// a pure builder (mmdebstrapArgv) and never passes through a shell; the
-// commands the hook runs go through runner.Exec.
+// it needs a process group to signal, a parent-death signal and a stop
+// that sends SIGTERM before SIGKILL. Its argv comes from a pure builder
+// (mmdebstrapArgv) and never passes through a shell; the commands the hook
+// runs go through runner.Exec.
 package imagebuild
 
 import (
@@ -370,7 +370,14 @@ func newToken() (string, error) {
 
 // hookConn is Build's side of the hook's socket: it accepts the hook (its
 // peer uid hookUID and its first line the token; anyone else is turned
-// away and logged), hands it the output files and reads its status.
+// away and logged), hands it the output files and reads its status. The
+// socket is reachable by any user (0666 in a 0711 directory); the uid
+// check keeps out all but the build's own namespace. Within it, package
+// scripts run as the hook's uid with its environment (the token) and
+// could take its place: they wrote the tree the image is made of, so the
+// output files give them nothing more, and the daemon trusts nothing the
+// hook reports but in form (kernel version, initrd kind) and checks sizes
+// itself.
 type hookConn struct {
 	ln      *net.UnixListener
 	token   string
