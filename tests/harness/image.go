@@ -70,17 +70,33 @@ func EnsureImageVariant(t *testing.T, variant string) string {
 		t.Fatalf("image build: %s", r)
 	}
 	t.Logf("image build took %s", r.Took)
+	cacheImage(t, filepath.Join(e.StateDir, "images", "default"), dir, -1)
+	return dir
+}
+
+// cacheImage moves the files of the image in src into the cache entry dir
+// (replacing it), readable by everyone since unprivileged installs import
+// them too. With uid >= 0 each file must be owned by that uid.
+func cacheImage(t *testing.T, src, dir string, uid int) {
+	t.Helper()
 	tmp := dir + ".tmp"
 	os.RemoveAll(tmp)
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range ImageFiles {
-		dst := filepath.Join(tmp, f)
-		if err := os.Rename(filepath.Join(e.StateDir, "images", "default", f), dst); err != nil {
+		from := filepath.Join(src, f)
+		st, err := os.Stat(from)
+		if err != nil {
 			t.Fatal(err)
 		}
-		// Unprivileged installs import it too.
+		if owner := st.Sys().(*syscall.Stat_t).Uid; uid >= 0 && owner != uint32(uid) {
+			t.Fatalf("%s is owned by uid %d, want %d", from, owner, uid)
+		}
+		dst := filepath.Join(tmp, f)
+		if err := os.Rename(from, dst); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.Chmod(dst, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -89,7 +105,6 @@ func EnsureImageVariant(t *testing.T, variant string) string {
 	if err := os.Rename(tmp, dir); err != nil {
 		t.Fatal(err)
 	}
-	return dir
 }
 
 // KillHelper stops the helper a root bangerd of this install started (it

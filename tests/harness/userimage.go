@@ -3,7 +3,6 @@ package harness
 import (
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 
 	"github.com/banger-dev/banger/internal/testutil"
@@ -63,32 +62,7 @@ func EnsureUserImage(t *testing.T) string {
 		t.Fatalf("image build as uid %d: %s", UserUID, r)
 	}
 	t.Logf("image build as uid %d took %s", UserUID, r.Took)
-	tmp := dir + ".tmp"
-	os.RemoveAll(tmp)
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range ImageFiles {
-		src := filepath.Join(e.StateDir, "images", "default", f)
-		st, err := os.Stat(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// Built as the user: the files are the user's.
-		if uid := st.Sys().(*syscall.Stat_t).Uid; uid != UserUID {
-			t.Fatalf("%s is owned by uid %d, want %d", src, uid, UserUID)
-		}
-		dst := filepath.Join(tmp, f)
-		if err := os.Rename(src, dst); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(dst, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	os.RemoveAll(dir)
-	if err := os.Rename(tmp, dir); err != nil {
-		t.Fatal(err)
-	}
+	// Built as the user: the files are the user's.
+	cacheImage(t, filepath.Join(e.StateDir, "images", "default"), dir, UserUID)
 	return dir
 }
