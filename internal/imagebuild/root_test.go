@@ -376,7 +376,7 @@ func childMain() int {
 			fmt.Println("child: private mounts:", err)
 			return 2
 		}
-		if err := bindSubIDs(a.SubUID, a.SubGID); err != nil {
+		if _, err := bindSubIDs(a.SubUID, a.SubGID); err != nil {
 			fmt.Println("child:", err)
 			return 2
 		}
@@ -408,15 +408,19 @@ func childMain() int {
 	return 2
 }
 
-// bindSubIDs binds the files over /etc/subuid and /etc/subgid in this
-// (private) mount namespace.
-func bindSubIDs(subuid, subgid string) error {
-	for src, dst := range map[string]string{subuid: "/etc/subuid", subgid: "/etc/subgid"} {
-		if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
-			return fmt.Errorf("bind-mounting %s over %s: %w", src, dst, err)
+// bindSubIDs gives this (private) mount namespace the contents of the
+// files as /etc/subuid and /etc/subgid (testutil.PrivateEtcFiles: bound
+// over the host's, or an overlay of /etc when the host has none).
+func bindSubIDs(subuid, subgid string) (func(), error) {
+	files := map[string]string{}
+	for name, src := range map[string]string{"subuid": subuid, "subgid": subgid} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			return nil, err
 		}
+		files[name] = string(b)
 	}
-	return nil
+	return testutil.PrivateEtcFiles(filepath.Dir(subuid), files)
 }
 
 // userBuildCmd runs the "build" child as a.UID (its group too, no
@@ -498,13 +502,11 @@ func (u *userBuild) run(t *testing.T, mountNS bool) (childResult, string) {
 		cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", envChild + "=mountns", envChildArgs + "=" + string(raw)}
 		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS, Pdeathsig: syscall.SIGKILL}
 	} else {
-		if err := bindSubIDs(u.args.SubUID, u.args.SubGID); err != nil {
+		undo, err := bindSubIDs(u.args.SubUID, u.args.SubGID)
+		if err != nil {
 			t.Fatal(err)
 		}
-		defer func() {
-			unix.Unmount("/etc/subuid", 0)
-			unix.Unmount("/etc/subgid", 0)
-		}()
+		defer undo()
 		cmd = userBuildCmd(u.args)
 	}
 	out, err := cmd.CombinedOutput()
