@@ -45,8 +45,8 @@ type Daemon struct {
 
 	helperMu    sync.Mutex
 	helperPeers []uint32 // who may serve the helper socket; nil: root
-	kvm      kvmCache
-	ops      *opRegistry
+	kvm         kvmCache
+	ops         *opRegistry
 
 	allocMu    sync.Mutex // IP and CID allocation
 	keyMu      sync.Mutex

@@ -14,13 +14,14 @@ import (
 	"github.com/banger-dev/banger/tests/harness"
 )
 
-// TestHelperUnitUnderSystemd runs the shipped banger-helper.service under a
-// real systemd, with every hardening option in force: in a banger VM (the
-// development machine has no systemd as PID 1). The helper, the unit as
-// `banger system install` writes it and a grants file go into the guest;
-// systemd starts it; helperprobe then calls every method as root and as the
-// granted uid 65534, and they all work (netlink, nftables, /dev/net/tun,
-// the per-interface sysctls under ProtectKernelTunables, port 53).
+// TestHelperUnitUnderSystemd runs `banger system install` and the
+// banger-helper.service it writes under a real systemd, with every
+// hardening option in force: in a banger VM (the development machine has
+// no systemd as PID 1). In the guest, install grants uid 65534 a network
+// (and subordinate ids), installs the helper and starts the unit;
+// helperprobe then calls every method as root and as the granted uid, and
+// they all work (netlink, nftables, /dev/net/tun, the per-interface
+// sysctls under ProtectKernelTunables, port 53).
 func TestHelperUnitUnderSystemd(t *testing.T) {
 	requireE2E(t)
 	image := ensureImage(t)
@@ -40,31 +41,28 @@ func TestHelperUnitUnderSystemd(t *testing.T) {
 	var info api.VMInfo
 	e.JSON(&info, "vm", "show", "sd")
 
-	unit := helperapi.UnitFile(helperapi.DefaultUnitOptions())
-	grants := helperapi.Grants{Users: []helperapi.Grant{{User: "nobody", UID: 65534, Net: 1, Subnet: "10.231.98.0/24"}}}.Marshal()
-	for _, f := range []struct {
-		local  string
-		data   []byte
-		remote string
-		mode   string
-	}{
-		{local: filepath.Join(harness.BinDir, "banger-helper"), remote: helperapi.DefaultBinaryPath, mode: "755"},
-		{local: probe, remote: "/usr/local/bin/helperprobe", mode: "755"},
-		{data: []byte(unit), remote: "/etc/systemd/system/banger-helper.service", mode: "644"},
-		{data: grants, remote: helperapi.DefaultGrantsFile, mode: "644"},
+	for _, f := range []struct{ local, remote string }{
+		{filepath.Join(harness.BinDir, "banger"), "/usr/local/bin/banger"},
+		{filepath.Join(harness.BinDir, "banger-helper"), "/usr/local/bin/banger-helper"},
+		{probe, "/usr/local/bin/helperprobe"},
 	} {
-		data := f.data
-		if f.local != "" {
-			var err error
-			if data, err = os.ReadFile(f.local); err != nil {
-				t.Fatal(err)
-			}
+		data, err := os.ReadFile(f.local)
+		if err != nil {
+			t.Fatal(err)
 		}
-		guestSh(t, e, info, data, `mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"`, f.remote, f.mode)
+		guestSh(t, e, info, data, `cat > "$1" && chmod 755 "$1"`, f.remote)
 	}
-	out := guestSh(t, e, info, nil, "systemctl daemon-reload && systemctl start banger-helper.service && systemctl is-active banger-helper.service")
-	if strings.TrimSpace(out) != "active" {
-		t.Fatalf("banger-helper.service: %q", out)
+	out := guestSh(t, e, info, nil, "banger system install --user nobody 2>&1 && systemctl is-active banger-helper.service")
+	t.Logf("banger system install in the guest:\n%s", out)
+	if !strings.Contains(out, "granted nobody (uid 65534): bridge banger1, subnet 172.30.78.0/24, TAPs tap1-*") || !strings.HasSuffix(strings.TrimSpace(out), "active") {
+		t.Fatalf("system install: %q", out)
+	}
+	grants := guestSh(t, e, info, nil, "cat "+helperapi.DefaultGrantsFile+"; stat -c '%U %a' "+helperapi.DefaultGrantsFile+"; grep ^nobody: /etc/subuid /etc/subgid")
+	if !strings.Contains(grants, `"subnet": "172.30.78.0/24"`) || !strings.Contains(grants, "root 644") || strings.Count(grants, ":65536") != 2 {
+		t.Errorf("grants and subordinate ids after install:\n%s", grants)
+	}
+	if unit := guestSh(t, e, info, nil, "cat /etc/systemd/system/banger-helper.service"); unit != helperapi.UnitFile(helperapi.DefaultUnitOptions()) {
+		t.Errorf("the installed unit is not the shipped one:\n%s", unit)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
