@@ -228,6 +228,7 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn, cred PeerCred, ha
 	if _, ok := conn.(*net.UnixConn); ok {
 		ctx = withFileSlot(ctx)
 	}
+	ctx = withUpgradeSlot(ctx)
 
 	if s.ReadTimeout > 0 {
 		_ = conn.SetReadDeadline(time.Now().Add(s.ReadTimeout))
@@ -301,9 +302,11 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn, cred PeerCred, ha
 			herr = fmt.Errorf("%w; the handler returned: %v", ErrClientGone, herr)
 		}
 		s.finish(ctx, conn, req.Method, start, result, herr, "cancel_cause", ErrClientGone.Error())
+		runUpgrade(ctx, conn, false)
 		return
 	}
-	s.finish(ctx, conn, req.Method, start, result, herr)
+	werr := s.finish(ctx, conn, req.Method, start, result, herr)
+	runUpgrade(ctx, conn, herr == nil && werr == nil)
 }
 
 // call runs h, turning a panic into an internal error so one bad handler
@@ -320,7 +323,8 @@ func (s *Server) call(ctx context.Context, h HandlerFunc, params json.RawMessage
 
 // finish writes the response and logs the single per-call line, with attrs
 // added to it.
-func (s *Server) finish(ctx context.Context, conn net.Conn, method string, start time.Time, result any, err error, attrs ...any) {
+// It returns nil when a successful reply was delivered.
+func (s *Server) finish(ctx context.Context, conn net.Conn, method string, start time.Time, result any, err error, attrs ...any) error {
 	id := op.From(ctx)
 	var resp Response
 	if err == nil {
@@ -358,9 +362,15 @@ func (s *Server) finish(ctx context.Context, conn net.Conn, method string, start
 	}
 	out, _ := json.Marshal(resp)
 	out = append(out, '\n')
-	if werr := writeResponse(ctx, conn, out, resp.Error == nil); werr != nil {
+	werr := writeResponse(ctx, conn, out, resp.Error == nil)
+	if werr != nil {
 		s.Logger.DebugContext(ctx, prefix+" reply not delivered", "method", method, "error", werr.Error())
+		return werr
 	}
+	if resp.Error != nil {
+		return resp.Error
+	}
+	return nil
 }
 
 func (s *Server) maxBytes() int {
