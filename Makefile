@@ -5,7 +5,7 @@ PREFIX ?= /usr/local
 BIN := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/banger-dev/banger/internal/version.Version=$(VERSION)
-CMDS := banger bangerd banger-helper
+CMDS := banger bangerd banger-helper banger-agent
 
 .DEFAULT_GOAL := help
 
@@ -14,15 +14,16 @@ help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## build bin/banger, bin/bangerd and bin/banger-helper
+build: ## build bin/banger, bin/bangerd, bin/banger-helper and bin/banger-agent (static: it goes into images)
 	@mkdir -p $(BIN)
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/banger ./cmd/bangerd ./cmd/banger-helper
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/banger-agent
 
 .PHONY: install
-install: build ## install the binaries into $(PREFIX)/bin (helper into $(PREFIX)/libexec/banger)
+install: build ## install the binaries into $(PREFIX)/bin (helper and agent into $(PREFIX)/libexec/banger)
 	install -d $(PREFIX)/bin $(PREFIX)/libexec/banger
 	install -m 0755 $(BIN)/banger $(BIN)/bangerd $(PREFIX)/bin/
-	install -m 0755 $(BIN)/banger-helper $(PREFIX)/libexec/banger/
+	install -m 0755 $(BIN)/banger-helper $(BIN)/banger-agent $(PREFIX)/libexec/banger/
 
 .PHONY: deps
 deps: ## install the Debian packages banger and its tests need (root)

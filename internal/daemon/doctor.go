@@ -251,8 +251,12 @@ func imageChecks(imgs []model.Image) []hostcheck.Check {
 				Detail: "has no work-seed: each VM's work disk is built the slow way", Hint: "banger image rebuild-seed " + img.Name})
 		}
 		if img.Source == "built" && img.GuestContract < guest.Contract {
+			lacks := "no guest agent: its creates wait for SSH, and vm exec, vm cp and vm port-forward do not work"
+			if img.GuestContract < guest.ContractConfigDisk {
+				lacks += "; its VMs get their host key written into the work disk, a slower create"
+			}
 			checks = append(checks, hostcheck.Check{Name: name, Status: hostcheck.Warn,
-				Detail: fmt.Sprintf("built by an older banger (guest contract %d, this one builds %d): its VMs get their host key written into the work disk, a slower create", img.GuestContract, guest.Contract),
+				Detail: fmt.Sprintf("built by an older banger (guest contract %d, this one builds %d): %s", img.GuestContract, guest.Contract, lacks),
 				Hint:   "build a new one (banger image build --name NEW) and create VMs with --image NEW, or delete this one when no VM uses it and build it again"})
 		}
 	}

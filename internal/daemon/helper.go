@@ -132,25 +132,31 @@ func (d *Daemon) helperLogPath() string { return filepath.Join(d.layout.StateDir
 
 // findHelper looks for banger-helper: $BANGER_HELPER, next to bangerd, the
 // install location, then PATH.
-func findHelper() (string, error) {
-	if p := os.Getenv("BANGER_HELPER"); p != "" {
+func findHelper() (string, error) { return findBinary("BANGER_HELPER", "banger-helper") }
+
+// findAgent looks for the banger-agent images carry the same way:
+// $BANGER_AGENT, next to bangerd, the install location, then PATH.
+func findAgent() (string, error) { return findBinary("BANGER_AGENT", "banger-agent") }
+
+func findBinary(env, name string) (string, error) {
+	if p := os.Getenv(env); p != "" {
 		return p, nil
 	}
 	var candidates []string
 	if self, err := os.Executable(); err == nil {
-		candidates = append(candidates, filepath.Join(filepath.Dir(self), "banger-helper"))
+		candidates = append(candidates, filepath.Join(filepath.Dir(self), name))
 	}
-	candidates = append(candidates, "/usr/local/libexec/banger/banger-helper", "/usr/libexec/banger/banger-helper")
+	candidates = append(candidates, "/usr/local/libexec/banger/"+name, "/usr/libexec/banger/"+name)
 	for _, p := range candidates {
 		if st, err := os.Stat(p); err == nil && !st.IsDir() {
 			return p, nil
 		}
 	}
-	if p, err := exec.LookPath("banger-helper"); err == nil {
+	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}
-	return "", rpc.WithHint(fmt.Errorf("banger-helper not found next to bangerd, in /usr/local/libexec/banger or in PATH: %w", rpc.ErrUnavailable),
-		"build and install it: make install")
+	return "", rpc.WithHint(fmt.Errorf("%s not found next to bangerd, in /usr/local/libexec/banger or in PATH: %w", name, rpc.ErrUnavailable),
+		"build and install it: make install (or set "+env+")")
 }
 
 // helperStatus reports on the helper without starting it.

@@ -42,7 +42,17 @@ const (
 var imageBuilder = struct {
 	preflight func(imagebuild.Spec, imagebuild.Keyrings) (string, error)
 	build     func(context.Context, imagebuild.Spec, imagebuild.Options) (imagebuild.Result, error)
-}{imagebuild.Preflight, imagebuild.Build}
+	// agent finds and checks the banger-agent images carry.
+	agent func() (string, error)
+}{imagebuild.Preflight, imagebuild.Build, findCheckedAgent}
+
+func findCheckedAgent() (string, error) {
+	agent, err := findAgent()
+	if err != nil {
+		return "", err
+	}
+	return agent, imagebuild.CheckAgent(agent)
+}
 
 // maxImageBuilds bounds the builds one daemon runs at once: each is an
 // mmdebstrap with half a GiB of tree and a mirror download.
@@ -102,6 +112,10 @@ func (d *Daemon) prepareImageBuild(ctx context.Context, p api.ImageBuildParams) 
 	if _, err := imageBuilder.preflight(spec, nil); err != nil {
 		return nil, err
 	}
+	agent, err := imageBuilder.agent()
+	if err != nil {
+		return nil, err
+	}
 
 	d.imagesMu.Lock()
 	defer d.imagesMu.Unlock()
@@ -125,7 +139,7 @@ func (d *Daemon) prepareImageBuild(ctx context.Context, p api.ImageBuildParams) 
 		return nil, err
 	}
 
-	b := &imageBuild{p: p, spec: spec, dir: d.layout.ImageDir(p.Name)}
+	b := &imageBuild{p: p, spec: spec, agent: agent, dir: d.layout.ImageDir(p.Name)}
 	b.logPath = filepath.Join(b.dir, fileBuildLog)
 	if err := d.clearImageDir(ctx, b.dir); err != nil {
 		return nil, err
@@ -139,6 +153,7 @@ func (d *Daemon) prepareImageBuild(ctx context.Context, p api.ImageBuildParams) 
 type imageBuild struct {
 	p            api.ImageBuildParams
 	spec         imagebuild.Spec
+	agent        string // the banger-agent the image carries
 	dir, logPath string
 }
 
@@ -225,7 +240,7 @@ func (d *Daemon) runImageBuild(ctx context.Context, o *operation, b *imageBuild,
 	}
 	t := newBuildTracker()
 	go func() {
-		r, err := imageBuilder.build(bctx, b.spec, imagebuild.Options{OutDir: dir, Log: logf, LogPath: logPath, OnStage: t.event})
+		r, err := imageBuilder.build(bctx, b.spec, imagebuild.Options{OutDir: dir, Log: logf, LogPath: logPath, OnStage: t.event, Agent: b.agent})
 		t.finish(r, err)
 	}()
 	// Every return below stops Build (a no-op once it ended) and waits

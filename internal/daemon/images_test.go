@@ -44,6 +44,7 @@ func (f *fakeBuilder) install(t *testing.T) {
 		return imagebuild.DebianKeyring, nil
 	}
 	imageBuilder.build = f.build
+	imageBuilder.agent = func() (string, error) { return "/fake/banger-agent", nil }
 }
 
 func (f *fakeBuilder) build(ctx context.Context, s imagebuild.Spec, o imagebuild.Options) (imagebuild.Result, error) {

@@ -21,8 +21,13 @@ const (
 	// read-only third disk (vdc) holding a tar archive (ConfigDisk); the
 	// work disk is a plain clone of the image's seed.
 	ContractConfigDisk = 2
+	// ContractAgent: the image carries banger-agent (docs/agent.md),
+	// started by banger-agent.service after banger-init; the host reaches
+	// it over a virtio-serial port (qemu) or vsock (Firecracker), and a
+	// create is ready when it answers.
+	ContractAgent = 3
 	// Contract is what this build's banger-init implements.
-	Contract = ContractConfigDisk
+	Contract = ContractAgent
 )
 
 // contractRE matches banger-init's contract line; its absence means

@@ -2,6 +2,7 @@ package guest
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,7 +39,7 @@ func TestConfigDiskExtractsWithTar(t *testing.T) {
 		data []byte
 		mode os.FileMode
 	}{
-		"contract":                 {[]byte("2\n"), 0o644},
+		"contract":                 {[]byte(fmt.Sprintln(Contract)), 0o644},
 		"ssh_host_ed25519_key":     {priv, 0o600},
 		"ssh_host_ed25519_key.pub": {pub, 0o644},
 	} {

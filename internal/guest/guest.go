@@ -35,7 +35,7 @@ import (
 // when a build from the same packages and Files() would differ. 5: built by
 // mmdebstrap as the daemon's user (internal/imagebuild), not debootstrap in
 // the root helper.
-const BuilderVersion = "5"
+const BuilderVersion = "6"
 
 //go:embed files
 var embedded embed.FS
@@ -150,6 +150,7 @@ const generatorDir = "/etc/systemd/system-generators"
 // (enabled with a symlink in TARGET.wants, as systemctl enable would).
 var EnabledUnits = []struct{ Unit, WantedBy string }{
 	{"banger-init.service", "sysinit.target"},
+	{"banger-agent.service", "sysinit.target"},
 	{"banger-powerbtn.service", "sysinit.target"},
 	{"banger-console.service", "multi-user.target"},
 }
@@ -205,6 +206,9 @@ func (f File) IsSymlink() bool { return f.Mode&fs.ModeSymlink != 0 }
 
 const unitDir = "/etc/systemd/system"
 
+// AgentPath is where an image of contract 3 carries banger-agent.
+const AgentPath = "/usr/local/libexec/banger/banger-agent"
+
 // Files returns every entry banger writes into an image, parents before
 // children: configuration, scripts, units, the links that enable banger's
 // units and those that mask MaskedUnits. Existing entries at these paths
@@ -226,6 +230,13 @@ func Files() []File {
 		reg("/usr/local/sbin/banger-init", 0o755, "banger-init"),
 		reg("/usr/local/sbin/banger-powerbtn", 0o755, "banger-powerbtn"),
 		reg(unitDir+"/banger-init.service", 0o644, "banger-init.service"),
+		reg(unitDir+"/banger-agent.service", 0o644, "banger-agent.service"),
+		// banger-agent itself is a build artifact the image builder
+		// copies to AgentPath (not an embedded file: it is built with
+		// banger, and the image's agent is the one of the banger that
+		// built it).
+		{Path: "/usr/local/libexec", Mode: fs.ModeDir | 0o755},
+		{Path: "/usr/local/libexec/banger", Mode: fs.ModeDir | 0o755},
 		reg(unitDir+"/banger-powerbtn.service", 0o644, "banger-powerbtn.service"),
 		reg(unitDir+"/banger-console.service", 0o644, "banger-console.service"),
 		{Path: unitDir + "/ssh.service.d", Mode: fs.ModeDir | 0o755},

@@ -239,6 +239,7 @@ kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
 kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko
 kernel/drivers/acpi/button.ko:
 kernel/drivers/input/evdev.ko:
+kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
 kernel/fs/fuse/fuse.ko:
 `
 

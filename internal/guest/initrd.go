@@ -20,11 +20,12 @@ import (
 
 // InitrdModules are loaded by the mini initrd's /init, in this order
 // (dependencies first): virtio-mmio devices from ACPI, the block driver for
-// the root disk, the NIC, and the ACPI power button with its evdev node.
+// the root disk, the NIC, the ACPI power button with its evdev node, and
+// the console driver that carries the guest agent's virtio-serial port.
 var InitrdModules = []string{
 	"virtio", "virtio_ring", "virtio_mmio", "virtio_blk",
 	"failover", "net_failover", "virtio_net",
-	"button", "evdev",
+	"button", "evdev", "virtio_console",
 }
 
 // InitrdInit returns the mini initrd's /init script, loading mods in order.

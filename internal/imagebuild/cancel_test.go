@@ -42,12 +42,13 @@ func TestBuildCancelRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
+	agent := testAgent(t)
 	before := tempEntries(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() {
-		_, err := Build(ctx, Spec{Suite: testSuite, Mirror: mirror}, Options{OutDir: out, Log: logf, LogPath: logPath, StopGrace: 20 * time.Second})
+		_, err := Build(ctx, Spec{Suite: testSuite, Mirror: mirror}, Options{OutDir: out, Log: logf, LogPath: logPath, StopGrace: 20 * time.Second, Agent: agent})
 		errc <- err
 	}()
 	waitLog(t, logPath, "I: downloading packages", 60*time.Second)

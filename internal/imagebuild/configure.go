@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"slices"
 	"strings"
 
@@ -63,6 +64,14 @@ func (h *hook) configure(ctx context.Context) (configured, error) {
 		if err := h.tree.write(f); err != nil {
 			return res, fmt.Errorf("writing the guest files: %w", err)
 		}
+	}
+	agent, err := os.ReadFile(p.Agent)
+	if err != nil {
+		return res, fmt.Errorf("reading banger-agent: %w", err)
+	}
+	h.logf("writing %s (banger-agent, %d bytes)", guest.AgentPath, len(agent))
+	if err := h.tree.write(guest.File{Path: guest.AgentPath, Mode: 0o755, Content: agent}); err != nil {
+		return res, fmt.Errorf("writing banger-agent: %w", err)
 	}
 	h.logf("writing /etc/apt/sources.list for %s from %s (security: %q)", p.Suite, p.Mirror, p.SecurityMirror)
 	if err := h.tree.write(guest.File{Path: "/etc/apt/sources.list", Mode: 0o644, Content: guest.AptSources(p.Suite, p.Mirror, p.SecurityMirror)}); err != nil {

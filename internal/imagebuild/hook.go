@@ -62,6 +62,8 @@ type hookParams struct {
 	// that opens it.
 	Socket string `json:"socket"`
 	Token  string `json:"token"`
+	// Agent is the copy of banger-agent in the work directory.
+	Agent string `json:"agent"`
 }
 
 // validate checks the parameters as Spec.Validate does.
@@ -70,6 +72,9 @@ func (p hookParams) validate() error {
 		return fmt.Errorf("hook protocol %d, want %d (a stale hook binary?)", p.Protocol, hookProtocol)
 	}
 	if err := checkConfPath("socket", p.Socket); err != nil {
+		return err
+	}
+	if err := checkConfPath("agent", p.Agent); err != nil {
 		return err
 	}
 	if len(p.Token) != 32 {

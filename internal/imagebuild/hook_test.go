@@ -197,11 +197,15 @@ func newHookHarness(t *testing.T, variant string) *hookHarness {
 		t.Fatal(err)
 	}
 	t.Cleanup(outs.close)
+	agent := filepath.Join(base, "agent")
+	if err := os.WriteFile(agent, []byte(fakeAgent), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	hh := &hookHarness{tree: tree, outDir: outDir, fake: &runner.Fake{}, log: &bytes.Buffer{}, status: &bytes.Buffer{}}
 	hh.mnt = &fakeMounter{t: t, tree: tree, mounts: []string{tree + "/proc", tree + "/sys", tree + "/sys/fs/cgroup", tree + "/dev/null"}}
 	hh.h = &hook{
 		path:   tree,
-		params: hookParams{Protocol: hookProtocol, Suite: "bookworm", Mirror: "http://deb.debian.org/debian", SecurityMirror: "http://deb.debian.org/debian-security", Variant: variant},
+		params: hookParams{Protocol: hookProtocol, Suite: "bookworm", Mirror: "http://deb.debian.org/debian", SecurityMirror: "http://deb.debian.org/debian-security", Variant: variant, Agent: agent},
 		run: &fdRunner{fake: hh.fake, sides: func(argv []string) error {
 			if argv[0] != "mke2fs" {
 				return nil
@@ -397,6 +401,12 @@ func checkConfiguredTree(t *testing.T, tree string) {
 			t.Errorf("%v", err)
 		}
 		return string(b)
+	}
+	if got := read(guest.AgentPath); got != fakeAgent {
+		t.Errorf("%s = %q, want the build's banger-agent", guest.AgentPath, got)
+	}
+	if fi, err := os.Stat(filepath.Join(tree, guest.AgentPath)); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("%s: %v %v", guest.AgentPath, fi, err)
 	}
 	for _, f := range guest.Files() {
 		if f.Path == "/root/.ssh" {
@@ -627,3 +637,6 @@ func TestDevRequests(t *testing.T) {
 		t.Errorf("links or directories made by debugfs:\n%s", r)
 	}
 }
+
+// fakeAgent stands in for banger-agent in the hook's unit tests.
+const fakeAgent = "not really banger-agent\n"

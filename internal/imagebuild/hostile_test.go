@@ -250,7 +250,7 @@ func TestNoKeyringNoRequestRoot(t *testing.T) {
 		out := t.TempDir()
 		logPath := filepath.Join(out, "build.log")
 		logf, _ := os.Create(logPath)
-		_, err := Build(context.Background(), c.spec, Options{OutDir: out, Log: logf, LogPath: logPath, Keyrings: c.k})
+		_, err := Build(context.Background(), c.spec, Options{OutDir: out, Log: logf, LogPath: logPath, Keyrings: c.k, Agent: testAgent(t)})
 		logf.Close()
 		if err == nil || !strings.Contains(err.Error(), "refusing to build without verifying the archive's signature") {
 			t.Errorf("%s: %v", c.spec.Suite, err)

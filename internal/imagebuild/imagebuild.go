@@ -30,6 +30,7 @@
 package imagebuild
 
 import (
+	"debug/elf"
 	"bufio"
 	"context"
 	"crypto/rand"
@@ -113,6 +114,9 @@ type Options struct {
 	// OnStage, when set, is called as each stage after the bootstrap
 	// begins (from another goroutine).
 	OnStage func(Event)
+	// Agent is the banger-agent binary (static) the image carries at
+	// guest.AgentPath; required.
+	Agent string
 	// Hook is the executable mmdebstrap runs as its customize hook (a
 	// binary whose main calls RunHook when IsHook); "" is this process's
 	// own executable. Build runs a copy of it.
@@ -214,6 +218,9 @@ func Build(ctx context.Context, spec Spec, o Options) (res Result, err error) {
 	if o.Log == nil || o.OutDir == "" {
 		return res, errors.New("imagebuild: Options.Log and Options.OutDir are required")
 	}
+	if err := CheckAgent(o.Agent); err != nil {
+		return res, err
+	}
 	ctx, cancel := context.WithTimeoutCause(ctx, buildTimeout, fmt.Errorf("the build took more than %s", buildTimeout))
 	defer cancel()
 	logf := func(format string, args ...any) { fmt.Fprintf(o.Log, "==> bootstrap: "+format+"\n", args...) }
@@ -223,7 +230,7 @@ func Build(ctx context.Context, spec Spec, o Options) (res Result, err error) {
 		tempDir = DefaultTempDir
 	}
 	sweepStale(ctx, tempDir, o.Log)
-	w, err := newWorkDir(tempDir, o.Hook)
+	w, err := newWorkDir(tempDir, o.Hook, o.Agent)
 	if err != nil {
 		return res, fmt.Errorf("preparing the build's directory under %s: %w", tempDir, err)
 	}
@@ -250,7 +257,7 @@ func Build(ctx context.Context, spec Spec, o Options) (res Result, err error) {
 	}
 	params, _ := json.Marshal(hookParams{
 		Protocol: hookProtocol, Suite: spec.Suite, Mirror: spec.Mirror, SecurityMirror: spec.SecurityMirror,
-		Variant: spec.Variant, RootfsSize: spec.RootfsSize, Socket: w.socket, Token: token,
+		Variant: spec.Variant, RootfsSize: spec.RootfsSize, Socket: w.socket, Token: token, Agent: w.agent,
 	})
 	argv := mmdebstrapArgv(spec, keyring, w.trusted, w.hook)
 	pkgs := spec.AllPackages()
@@ -625,4 +632,29 @@ func (o *outputFiles) close() {
 	for _, f := range o.files {
 		f.Close()
 	}
+}
+
+// CheckAgent refuses a banger-agent the image could not run: missing, not
+// an x86-64 ELF executable, or linked dynamically (the guest's libc is not
+// the host's; build it with CGO_ENABLED=0, as make build does).
+func CheckAgent(path string) error {
+	hint := "build and install banger-agent with banger: make build (or make install)"
+	if path == "" {
+		return rpc.WithHint(fmt.Errorf("no banger-agent binary to put into the image: %w", rpc.ErrUnavailable), hint)
+	}
+	f, err := elf.Open(path)
+	if err != nil {
+		return rpc.WithHint(fmt.Errorf("banger-agent %s: %v: %w", path, err, rpc.ErrUnavailable), hint)
+	}
+	defer f.Close()
+	if f.Machine != elf.EM_X86_64 || f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN {
+		return rpc.WithHint(fmt.Errorf("banger-agent %s is not an x86-64 executable: %w", path, rpc.ErrUnavailable), hint)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return rpc.WithHint(fmt.Errorf("banger-agent %s is linked dynamically; the guest needs a static one: %w", path, rpc.ErrUnavailable),
+				"CGO_ENABLED=0 go build ./cmd/banger-agent (make build does)")
+		}
+	}
+	return nil
 }

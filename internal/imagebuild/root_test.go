@@ -57,7 +57,7 @@ func hostMirror(t *testing.T) (string, string) {
 func TestBuildRoot(t *testing.T) {
 	requireBuildTools(t)
 	mirror, security := hostMirror(t)
-	key := "imagebuild-root-" + testutil.GuestImageKey(testSuite, mirror, security, guest.BasePackages)
+	key := "imagebuild-root-" + testutil.GuestImageKey(testSuite, mirror, security, guest.BasePackages, agentKey(t))
 	dir := testutil.CachedImage(t, key, func(out string) {
 		before := tempEntries(t)
 		var stages []Event
@@ -93,7 +93,7 @@ func buildInto(t *testing.T, out string, spec Spec, onStage func(Event)) (Result
 	}
 	defer logf.Close()
 	start := time.Now()
-	res, err := Build(context.Background(), spec, Options{OutDir: out, Log: logf, LogPath: logPath, OnStage: onStage})
+	res, err := Build(context.Background(), spec, Options{OutDir: out, Log: logf, LogPath: logPath, OnStage: onStage, Agent: testAgent(t)})
 	t.Logf("Build took %s", time.Since(start).Round(100*time.Millisecond))
 	b, _ := os.ReadFile(logPath)
 	return res, string(b), err
@@ -350,6 +350,8 @@ type childArgs struct {
 	SubUID, SubGID string
 	UID            int
 	Exe            string
+	// Agent is a banger-agent the uid can read.
+	Agent string
 }
 
 // childResult is what the "build" child prints on its last line.
@@ -395,7 +397,7 @@ func childMain() int {
 			return 2
 		}
 		stages := 0
-		res, err := Build(context.Background(), a.Spec, Options{OutDir: a.OutDir, Log: logf, LogPath: logPath, Keyrings: a.Keyring,
+		res, err := Build(context.Background(), a.Spec, Options{OutDir: a.OutDir, Log: logf, LogPath: logPath, Keyrings: a.Keyring, Agent: a.Agent,
 			OnStage: func(Event) { stages++ }})
 		r := childResult{Result: res, Stages: stages}
 		if err != nil {
@@ -486,7 +488,7 @@ func newUserBuild(t *testing.T, spec Spec) *userBuild {
 			t.Fatal(err)
 		}
 	}
-	return &userBuild{dir: dir, args: childArgs{Spec: spec, OutDir: out, SubUID: subuid, SubGID: subgid, UID: testUID, Exe: copyExe}}
+	return &userBuild{dir: dir, args: childArgs{Spec: spec, OutDir: out, SubUID: subuid, SubGID: subgid, UID: testUID, Exe: copyExe, Agent: testAgent(t)}}
 }
 
 // run runs the build as the uid, from a new private mount namespace (the
@@ -531,7 +533,7 @@ func (u *userBuild) run(t *testing.T, mountNS bool) (childResult, string) {
 func TestBuildAsUserRoot(t *testing.T) {
 	requireBuildTools(t)
 	mirror, security := hostMirror(t)
-	key := "imagebuild-user-" + testutil.GuestImageKey(testSuite, mirror, security, guest.BasePackages)
+	key := "imagebuild-user-" + testutil.GuestImageKey(testSuite, mirror, security, guest.BasePackages, agentKey(t))
 	dir := testutil.CachedImage(t, key, func(cache string) {
 		u := newUserBuild(t, Spec{Suite: testSuite, Mirror: mirror, SecurityMirror: security})
 		before := tempEntries(t)

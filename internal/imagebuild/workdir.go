@@ -32,12 +32,12 @@ import (
 // banger chose: mmdebstrap execs a hook directly only when the path has no
 // shell metacharacters, and would hand it to sh otherwise.
 type workDir struct {
-	dir, hook, trusted, socket string
+	dir, hook, agent, trusted, socket string
 	lock                       *os.File
 	ln                         *net.UnixListener
 }
 
-func newWorkDir(tempDir, hookSrc string) (*workDir, error) {
+func newWorkDir(tempDir, hookSrc, agentSrc string) (*workDir, error) {
 	if hookSrc == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -49,7 +49,7 @@ func newWorkDir(tempDir, hookSrc string) (*workDir, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &workDir{dir: dir, hook: filepath.Join(dir, "hook"), trusted: filepath.Join(dir, "trusted.gpg.d"), socket: filepath.Join(dir, "hook.sock")}
+	w := &workDir{dir: dir, hook: filepath.Join(dir, "hook"), agent: filepath.Join(dir, "agent"), trusted: filepath.Join(dir, "trusted.gpg.d"), socket: filepath.Join(dir, "hook.sock")}
 	fail := func(err error) (*workDir, error) {
 		if w.lock != nil {
 			w.lock.Close()
@@ -82,12 +82,15 @@ func newWorkDir(tempDir, hookSrc string) (*workDir, error) {
 	if err := copyExecutable(hookSrc, w.hook); err != nil {
 		return fail(fmt.Errorf("copying the hook %s: %w", hookSrc, err))
 	}
+	if err := copyExecutable(agentSrc, w.agent); err != nil {
+		return fail(fmt.Errorf("copying banger-agent %s: %w", agentSrc, err))
+	}
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: w.socket, Net: "unix"})
 	if err != nil {
 		return fail(err)
 	}
 	w.ln = ln
-	for p, mode := range map[string]os.FileMode{dir: 0o711, w.trusted: 0o755, w.hook: 0o755, w.socket: 0o666} {
+	for p, mode := range map[string]os.FileMode{dir: 0o711, w.trusted: 0o755, w.hook: 0o755, w.agent: 0o755, w.socket: 0o666} {
 		if err := os.Chmod(p, mode); err != nil {
 			return fail(err)
 		}

@@ -32,13 +32,14 @@ func DebianMirror(suite string) (mirror, security string, err error) {
 }
 
 // GuestImageKey is the cache key of an image built by banger's builder from
-// suite, mirror, security mirror and packages: a hash of those, of every
+// suite, mirror, security mirror, packages and the banger-agent binary it
+// carries (agentSHA, its sha256): a hash of those, of every
 // entry guest.Files() writes (path, mode, content, target), of the masked
 // units, the initrd modules and guest.BuilderVersion. Any change to what an
 // image would hold gives a new key; so does a change of builder (version 5
 // is internal/imagebuild's mmdebstrap build: no image cached from the
 // helper's debootstrap build is reused).
-func GuestImageKey(suite, mirror, security string, packages []string) string {
+func GuestImageKey(suite, mirror, security string, packages []string, agentSHA string) string {
 	h := sha256.New()
 	put := func(s string) {
 		var n [8]byte
@@ -51,6 +52,7 @@ func GuestImageKey(suite, mirror, security string, packages []string) string {
 	put(suite)
 	put(mirror)
 	put(security)
+	put(agentSHA)
 	pk := slices.Clone(packages)
 	slices.Sort(pk)
 	put(strings.Join(pk, ","))

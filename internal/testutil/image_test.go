@@ -9,15 +9,16 @@ import (
 )
 
 func TestGuestImageKey(t *testing.T) {
-	k := GuestImageKey("bookworm", "http://m/debian", "", guest.BasePackages)
-	if len(k) != 32 || k != GuestImageKey("bookworm", "http://m/debian", "", guest.BasePackages) {
+	k := GuestImageKey("bookworm", "http://m/debian", "", guest.BasePackages, "a")
+	if len(k) != 32 || k != GuestImageKey("bookworm", "http://m/debian", "", guest.BasePackages, "a") {
 		t.Fatalf("key %q not stable", k)
 	}
 	for _, other := range []string{
-		GuestImageKey("trixie", "http://m/debian", "", guest.BasePackages),
-		GuestImageKey("bookworm", "http://n/debian", "", guest.BasePackages),
-		GuestImageKey("bookworm", "http://m/debian", "http://s/ds", guest.BasePackages),
-		GuestImageKey("bookworm", "http://m/debian", "", append([]string{"vim"}, guest.BasePackages...)),
+		GuestImageKey("trixie", "http://m/debian", "", guest.BasePackages, "a"),
+		GuestImageKey("bookworm", "http://n/debian", "", guest.BasePackages, "a"),
+		GuestImageKey("bookworm", "http://m/debian", "http://s/ds", guest.BasePackages, "a"),
+		GuestImageKey("bookworm", "http://m/debian", "", append([]string{"vim"}, guest.BasePackages...), "a"),
+		GuestImageKey("bookworm", "http://m/debian", "", guest.BasePackages, "b"),
 	} {
 		if other == k {
 			t.Error("different inputs, same key")

@@ -45,6 +45,11 @@ type Spec struct {
 	MetricsPath string // firecracker metrics (FIFO or file)
 	VSockPath   string // firecracker vsock UDS
 	VSockCID    uint32
+	// AgentSocket, for qemu, is the unix socket qemu serves the guest
+	// agent's virtio-serial port on (docs/agent.md); "" gives the guest no
+	// agent port (images older than guest contract 3). Firecracker's agent
+	// channel is its vsock device.
+	AgentSocket string
 }
 
 // Driver runs VMs with one VMM.

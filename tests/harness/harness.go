@@ -48,9 +48,15 @@ func Main(m *testing.M) {
 		"github.com/banger-dev/banger/cmd/bangerd",
 		"github.com/banger-dev/banger/cmd/banger-helper")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building binaries:", err)
-		os.Exit(1)
+	// banger-agent goes into images: static, as make build makes it.
+	agent := exec.Command("go", "build", "-trimpath", "-o", dir+"/", "github.com/banger-dev/banger/cmd/banger-agent")
+	agent.Env = append(os.Environ(), "CGO_ENABLED=0")
+	agent.Stdout, agent.Stderr = os.Stderr, os.Stderr
+	for _, b := range []*exec.Cmd{build, agent} {
+		if err := b.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building binaries:", err)
+			os.Exit(1)
+		}
 	}
 	BinDir = dir
 	os.Setenv(EnvBinDir, dir)
@@ -93,6 +99,7 @@ func NewEnv(t *testing.T) *Env {
 		"BANGER_HELPER_SOCKET="+e.HelperSock,
 		"BANGERD="+filepath.Join(BinDir, "bangerd"),
 		"BANGER_HELPER="+filepath.Join(BinDir, "banger-helper"),
+		"BANGER_AGENT="+filepath.Join(BinDir, "banger-agent"),
 	)
 	t.Cleanup(func() {
 		e.Banger("daemon", "stop")

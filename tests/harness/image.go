@@ -28,7 +28,7 @@ func ImageKey(t testing.TB, variant string) string {
 	if variant != "" && variant != guest.VariantLean {
 		prefix += variant + "-"
 	}
-	return prefix + testutil.GuestImageKey("bookworm", mirror, security, guest.BasePackages)
+	return prefix + testutil.GuestImageKey("bookworm", mirror, security, guest.BasePackages, testutil.FileSHA256(t, filepath.Join(BinDir, "banger-agent")))
 }
 
 // EnsureImage returns a directory holding a built default image, building

@@ -33,6 +33,10 @@ func (d *Driver) Name() string { return "qemu" }
 // tapFD is the descriptor number an open TAP gets in qemu (ExtraFiles[0]).
 const tapFD = 3
 
+// AgentPortName is the virtio-serial port's name, which the guest agent
+// looks for under /sys/class/virtio-ports (agent.PortName).
+const AgentPortName = "banger.agent"
+
 // Args builds qemu's argv (without the binary) for s. It runs nothing, so
 // tests check it as is.
 func Args(s vmm.Spec) ([]string, error) {
@@ -42,7 +46,7 @@ func Args(s vmm.Spec) ([]string, error) {
 	if len(s.Disks) == 0 {
 		return nil, fmt.Errorf("qemu: no disks")
 	}
-	for _, v := range []string{s.Kernel, s.Initrd, s.Cmdline, s.APISocket, s.ConsolePath, s.Name, s.MAC} {
+	for _, v := range []string{s.Kernel, s.Initrd, s.Cmdline, s.APISocket, s.ConsolePath, s.Name, s.MAC, s.AgentSocket} {
 		// qemu's own option syntax treats ',' as a separator; refuse it
 		// rather than escape it (banger's paths never contain one).
 		if strings.ContainsAny(v, ",\n") && v != s.Cmdline {
@@ -98,6 +102,14 @@ func Args(s vmm.Spec) ([]string, error) {
 	}
 	if s.TapFile != nil || s.TapName != "" {
 		args = append(args, "-device", "virtio-net-device,netdev=net0,mac="+s.MAC)
+	}
+	if s.AgentSocket != "" {
+		// The guest agent's port (docs/agent.md): qemu serves its host end
+		// on a unix socket, one client at a time (bangerd).
+		args = append(args,
+			"-device", "virtio-serial-device,max_ports=2",
+			"-chardev", "socket,id=agent,path="+s.AgentSocket+",server=on,wait=off",
+			"-device", "virtserialport,chardev=agent,name="+AgentPortName)
 	}
 	args = append(args, "-qmp", "unix:"+s.APISocket+",server=on,wait=off")
 	return args, nil

@@ -41,6 +41,25 @@ func TestArgs(t *testing.T) {
 	}
 }
 
+// An agent socket adds the virtio-serial port the guest agent opens.
+func TestArgsAgentPort(t *testing.T) {
+	s := spec()
+	s.AgentSocket = "/v/agent.sock"
+	args, err := Args(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "-device virtio-serial-device,max_ports=2 -chardev socket,id=agent,path=/v/agent.sock,server=on,wait=off " +
+		"-device virtserialport,chardev=agent,name=banger.agent -qmp "
+	if got := strings.Join(args, " "); !strings.Contains(got, want) {
+		t.Fatalf("argv lacks %q:\n%s", want, got)
+	}
+	s.AgentSocket = "/v/a,b"
+	if _, err := Args(s); err == nil {
+		t.Error("a ',' in the agent socket path was accepted")
+	}
+}
+
 func TestArgsKVMAndTapFD(t *testing.T) {
 	s := spec()
 	s.Accel = "kvm"
