@@ -30,11 +30,11 @@
 package imagebuild
 
 import (
-	"debug/elf"
 	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
+	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"errors"

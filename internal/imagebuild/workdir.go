@@ -33,8 +33,8 @@ import (
 // shell metacharacters, and would hand it to sh otherwise.
 type workDir struct {
 	dir, hook, agent, trusted, socket string
-	lock                       *os.File
-	ln                         *net.UnixListener
+	lock                              *os.File
+	ln                                *net.UnixListener
 }
 
 func newWorkDir(tempDir, hookSrc, agentSrc string) (*workDir, error) {
