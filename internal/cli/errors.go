@@ -32,7 +32,14 @@ var exitCodes = map[rpc.Code]int{
 	rpc.CodeInternal:      ExitError,
 }
 
-type usageError struct{ msg string }
+// codeUsage is the code of a usage error (exit 2) in the CLI's error
+// output. It is the CLI's own: a usage error never crosses the wire.
+const codeUsage rpc.Code = "usage"
+
+// usageError is a command line the CLI refuses before asking anyone:
+// bad flags or arguments, an unknown command. Its hint, when empty, becomes
+// the failing command's --help (see execute).
+type usageError struct{ msg, hint string }
 
 func (e *usageError) Error() string { return e.msg }
 
@@ -54,15 +61,16 @@ func (a *app) printError(err error) int {
 	if errors.As(err, &ee) {
 		return ee.code
 	}
+	var er *rpc.ErrorResponse
+	code := ExitError
 	var ue *usageError
 	if errors.As(err, &ue) {
-		fmt.Fprintf(a.stderr, "banger: %s\n", ue.msg)
-		return ExitUsage
-	}
-	er := asErrorResponse(err, a.opID)
-	code := exitCodes[er.Code]
-	if code == 0 {
-		code = ExitError
+		er, code = &rpc.ErrorResponse{Code: codeUsage, Message: ue.msg, Hint: ue.hint, OpID: a.opID}, ExitUsage
+	} else {
+		er = asErrorResponse(err, a.opID)
+		if c := exitCodes[er.Code]; c != 0 {
+			code = c
+		}
 	}
 	if a.output == "json" {
 		writeJSON(a.stdout, map[string]any{"error": er})
@@ -70,7 +78,12 @@ func (a *app) printError(err error) int {
 	}
 	fmt.Fprintf(a.stderr, "banger: %s\n", er.Message)
 	fmt.Fprintf(a.stderr, "  code:  %s\n", er.Code)
-	fmt.Fprintf(a.stderr, "  op id: %s (see: banger daemon logs --op %s)\n", er.OpID, er.OpID)
+	if ue != nil {
+		// Refused before any call: the daemon's log has nothing of it.
+		fmt.Fprintf(a.stderr, "  op id: %s\n", er.OpID)
+	} else {
+		fmt.Fprintf(a.stderr, "  op id: %s (see: banger daemon logs --op %s)\n", er.OpID, er.OpID)
+	}
 	if er.Hint != "" {
 		fmt.Fprintf(a.stderr, "  hint:  %s\n", er.Hint)
 	}

@@ -116,7 +116,7 @@ from the rootfs's /root.`,
   banger image import --name fc --kernel ~/vmlinux --rootfs ~/rootfs.ext4`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 1 {
-				return usageErrorf("import takes at most one directory")
+				return usageErrorf("%s takes at most one directory, got %q", cmd.CommandPath(), args)
 			}
 			return nil
 		},

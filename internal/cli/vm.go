@@ -32,7 +32,7 @@ with the install's key.`,
 	}
 	cmd.AddCommand(a.vmCreateCommand(), a.vmRunCommand(), a.vmSSHCommand(), a.vmListCommand(),
 		a.vmShowCommand(), a.vmStopCommand(), a.vmStartCommand(), a.vmRestartCommand(),
-		a.vmDeleteCommand(), a.vmLogsCommand())
+		a.vmDeleteCommand(), a.vmLogsCommand(), a.vmSSHConfigCommand())
 	return cmd
 }
 
@@ -126,10 +126,18 @@ over SSH with stdout and stderr streamed, and exits with the command's exit
 status. --rm deletes the VM afterwards. Progress goes to stderr.`,
 		Example: `  banger vm run --name demo -- cat /etc/hostname
   banger vm run --name ci --rm -- sh -c 'cd /root && make test'`,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if cmd.ArgsLenAtDash() < 0 || len(args) == 0 {
+		Args: func(cmd *cobra.Command, args []string) error {
+			switch dash := cmd.ArgsLenAtDash(); {
+			case dash < 0 && len(args) > 0:
+				return usageErrorf("unexpected %q: give the command after --: banger vm run --name NAME -- COMMAND", args)
+			case dash > 0:
+				return usageErrorf("unexpected %q before --: banger vm run --name NAME -- COMMAND", args[:dash])
+			case len(args) == 0:
 				return usageErrorf("give the command after --: banger vm run --name NAME -- COMMAND")
 			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
 			p, err := f.params()
 			if err != nil {
 				return err
@@ -188,8 +196,11 @@ is a shell command line (pipes and all).`,
 			if len(args) < 1 {
 				return usageErrorf("name the VM: banger vm ssh NAME")
 			}
-			if cmd.ArgsLenAtDash() > 1 || (cmd.ArgsLenAtDash() < 0 && len(args) > 1) {
-				return usageErrorf("put the command after --: banger vm ssh NAME -- COMMAND")
+			if dash := cmd.ArgsLenAtDash(); dash > 1 || (dash < 0 && len(args) > 1) {
+				if dash < 0 {
+					dash = len(args)
+				}
+				return usageErrorf("unexpected %q after the name: put the command after --: banger vm ssh NAME -- COMMAND", args[1:dash])
 			}
 			return nil
 		},
