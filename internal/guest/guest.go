@@ -61,6 +61,9 @@ var BasePackages = []string{
 	"procps",
 	"busybox-static",
 	"iputils-ping",
+	// scp and rsync through `banger vm ssh-config` (rsync needs itself on
+	// both ends).
+	"rsync",
 }
 
 // MaskedUnits are linked to /dev/null in every image. udev is installed (the

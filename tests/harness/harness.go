@@ -55,6 +55,7 @@ func Main(m *testing.M) {
 	for _, b := range []*exec.Cmd{build, agent} {
 		if err := b.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "building binaries:", err)
+			os.RemoveAll(dir)
 			os.Exit(1)
 		}
 	}
