@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/imagebuild"
@@ -87,6 +88,24 @@ func (f *fakeBuilder) build(ctx context.Context, s imagebuild.Spec, o imagebuild
 		Kernel: filepath.Join(o.OutDir, imagebuild.OutKernel), InitrdPath: filepath.Join(o.OutDir, imagebuild.OutInitrd),
 		KernelConfig: filepath.Join(o.OutDir, imagebuild.OutKernelConfig),
 	}, nil
+}
+
+// waitActive waits until n fake builds are running at once.
+func (f *fakeBuilder) waitActive(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		f.mu.Lock()
+		active := f.active
+		f.mu.Unlock()
+		if active >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d fake builds running after 30 s, want %d", active, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func waitOp(t *testing.T, d *Daemon, ctx context.Context, id string) api.Operation {
@@ -245,6 +264,9 @@ func TestImageBuildConflict(t *testing.T) {
 		!strings.Contains(err.Error(), "op-111111") || !strings.Contains(err.Error(), "op-222222") || rpc.HintOf(err) == "" {
 		t.Fatalf("third build: %v (hint %q)", err, rpc.HintOf(err))
 	}
+	// Both builds must be running before they are released, or one could
+	// finish before the other starts and f.most would be 1.
+	f.waitActive(t, 2)
 	close(f.release)
 	waitOp(t, d, ctx1, o1.st.ID)
 	waitOp(t, d, ctx2, o2.st.ID)
