@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-dev/banger/internal/helperapi"
+	"github.com/banger-dev/banger/internal/hostnet"
 	"github.com/banger-dev/banger/internal/rpc"
 )
 
@@ -243,8 +244,9 @@ func tableExists(c *nftables.Conn, t *nftables.Table) (bool, error) {
 	return slices.ContainsFunc(tables, func(x *nftables.Table) bool { return x.Name == t.Name }), nil
 }
 
-// defaultRouteLinks names the interfaces of the IPv4 default routes (the
-// uplinks), leaving out banger's own.
+// defaultRouteLinks names the interfaces of the IPv4 default routes of the
+// main table (the uplinks; a VPN's split default, 0.0.0.0/1 and
+// 128.0.0.0/1, counts: hostnet.IsDefaultRoute), leaving out banger's own.
 func defaultRouteLinks() ([]string, error) {
 	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil {
@@ -253,7 +255,7 @@ func defaultRouteLinks() ([]string, error) {
 	var out []string
 	for _, r := range routes {
 		if r.Dst != nil {
-			if ones, _ := r.Dst.Mask.Size(); ones != 0 {
+			if ones, _ := r.Dst.Mask.Size(); !hostnet.IsDefaultRoute(ones) {
 				continue
 			}
 		}

@@ -33,8 +33,21 @@ func (u Use) String() string {
 	return s
 }
 
+// DefaultRouteBits is the longest prefix a route may have and still be a
+// default route: 0.0.0.0/0, and the halves or quarters a VPN installs to
+// take the default without replacing it (OpenVPN's def1: 0.0.0.0/1 and
+// 128.0.0.0/1; WireGuard's AllowedIPs split likewise). Every private
+// subnet lies inside such a route, so they say nothing about which subnet
+// is in use; a route of /8 or longer does.
+const DefaultRouteBits = 7
+
+// IsDefaultRoute reports whether a route to a prefix of that many bits is
+// a default route (see DefaultRouteBits).
+func IsDefaultRoute(bits int) bool { return bits <= DefaultRouteBits }
+
 // List returns the IPv4 addresses and routes of the current network
-// namespace. Default routes are left out: every subnet lies inside them.
+// namespace. Default routes (IsDefaultRoute: shorter than /8) are left
+// out: every subnet lies inside them.
 func List() ([]Use, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
@@ -70,7 +83,7 @@ func List() ([]Use, error) {
 			continue
 		}
 		ones, _ := r.Dst.Mask.Size()
-		if ones == 0 {
+		if IsDefaultRoute(ones) {
 			continue
 		}
 		p := netip.PrefixFrom(ip, ones).Masked()
