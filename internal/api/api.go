@@ -194,7 +194,24 @@ const (
 	MethodVMList         = "vm.list"
 	MethodVMShow         = "vm.show"
 	MethodVMSSHInfo      = "vm.ssh_info"
+	// MethodVMAgent: VMAgentParams -> VMAgentResult, then the connection
+	// is a stream to the VM's guest agent (docs/agent.md): the caller
+	// speaks the agent's frames over it.
+	MethodVMAgent = "vm.agent"
 )
+
+// VMAgentParams name the VM whose agent to reach, and what for (exec, cp,
+// port-forward; for the daemon's log).
+type VMAgentParams struct {
+	Name string `json:"name"`
+	What string `json:"what,omitempty"`
+}
+
+// VMAgentResult answers vm.agent before the stream begins.
+type VMAgentResult struct {
+	Name         string `json:"name"`
+	AgentRelease string `json:"agent_release,omitempty"`
+}
 
 // VMCreateParams are the options of vm create; zero values take the
 // config's defaults.
@@ -220,6 +237,9 @@ type VMInfo struct {
 	model.VM
 	Alive   bool             `json:"alive"`
 	Handles *model.VMHandles `json:"handles,omitempty"`
+	// Agent says the VM's image carries the guest agent (guest contract
+	// 3): vm exec, vm cp and vm port-forward work, and vm run uses it.
+	Agent bool `json:"agent"`
 }
 
 // SSHInfo is what the CLI needs to run the system's ssh against a VM.

@@ -104,6 +104,7 @@ steps go through a small root helper (see: banger system install).`,
 		a.networkCommand(),
 		a.doctorCommand(),
 		a.systemCommand(),
+		a.mcpCommand(),
 	)
 	a.strict(root)
 	return root

@@ -68,9 +68,11 @@ func walkCommands(c *cobra.Command, fn func(*cobra.Command)) {
 }
 
 // variadic lists the leaf commands that take any number of arguments
-// without "--", so that stray arguments are theirs: none today. A command
-// added here needs a reason.
-var variadic = map[string]string{}
+// without "--", so that stray arguments are theirs. A command added here
+// needs a reason.
+var variadic = map[string]string{
+	"banger vm port-forward": "NAME and any number of HOSTPORT:GUESTPORT, each checked in its Args",
+}
 
 // Every command group (root included) and every command of the real tree,
 // walked so that a new one is covered when it is added: an unknown command,

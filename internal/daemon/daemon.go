@@ -57,6 +57,7 @@ type Daemon struct {
 	netReady   bool // this daemon set the network up (bridge, NAT, DNS)
 	handlesMu  sync.Mutex
 	handles    map[string]*model.VMHandles
+	agents     agentSessions
 	vmLocks    map[string]*vmLock
 
 	runCtx    context.Context // the daemon's lifetime

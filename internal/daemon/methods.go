@@ -35,6 +35,7 @@ func (d *Daemon) register(s *rpc.Server) {
 	rpc.Register(s, api.MethodVMList, d.vmList)
 	rpc.Register(s, api.MethodVMShow, d.vmShow)
 	rpc.Register(s, api.MethodVMSSHInfo, d.vmSSHInfo)
+	rpc.Register(s, api.MethodVMAgent, d.vmAgent)
 }
 
 type noParams struct{}

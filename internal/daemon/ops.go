@@ -144,6 +144,19 @@ func (o *operation) stage(ctx context.Context, log *slog.Logger, name string, fn
 	return nil
 }
 
+// renameStage renames a pending stage (a create whose image turns out to
+// have no agent becomes ready by SSH instead).
+func (o *operation) renameStage(from, to string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for i := range o.st.Stages {
+		if o.st.Stages[i].Name == from {
+			o.st.Stages[i].Name = to
+		}
+	}
+	o.notifyLocked()
+}
+
 func (o *operation) stageIndex(name string) int {
 	o.mu.Lock()
 	defer o.mu.Unlock()

@@ -77,6 +77,7 @@ func (d *Daemon) releaseRuntime(ctx context.Context, vm model.VM) {
 		_ = syscall.Kill(h.PID, syscall.SIGKILL)
 		waitExit(h.PID, 5*time.Second)
 	}
+	d.agents.drop(vm.ID)
 	d.returnTap(ctx, h.TapDevice)
 	d.dropHandles(vm)
 }
@@ -111,7 +112,13 @@ func (d *Daemon) rememberBoot(ctx context.Context, vm model.VM, o *operation) mo
 }
 
 func (d *Daemon) vmInfo(ctx context.Context, vm model.VM) api.VMInfo {
-	info := api.VMInfo{VM: vm, Alive: d.vmAlive(vm)}
+	img, _ := d.store.GetImage(ctx, vm.Image)
+	return d.vmInfoOf(vm, img)
+}
+
+// vmInfoOf is vmInfo with vm's image at hand.
+func (d *Daemon) vmInfoOf(vm model.VM, img model.Image) api.VMInfo {
+	info := api.VMInfo{VM: vm, Alive: d.vmAlive(vm), Agent: hasAgent(img)}
 	if info.Alive {
 		info.Handles = d.getHandles(vm)
 	}
@@ -131,9 +138,17 @@ func (d *Daemon) vmList(ctx context.Context, _ noParams) ([]api.VMInfo, error) {
 	if err != nil {
 		return nil, err
 	}
+	imgs, err := d.store.ListImages(ctx)
+	if err != nil {
+		return nil, err
+	}
+	byName := map[string]model.Image{}
+	for _, img := range imgs {
+		byName[img.Name] = img
+	}
 	out := make([]api.VMInfo, 0, len(vms))
 	for _, vm := range vms {
-		out = append(out, d.vmInfo(ctx, vm))
+		out = append(out, d.vmInfoOf(vm, byName[vm.Image]))
 	}
 	return out, nil
 }
@@ -153,6 +168,13 @@ func (d *Daemon) vmSSHInfo(ctx context.Context, p api.VMRef) (api.SSHInfo, error
 	}
 	if !d.vmAlive(vm) {
 		return api.SSHInfo{}, rpc.WithHint(rpc.Errorf(rpc.ErrConflict, "vm %s is not running (state %s)", vm.Name, vm.Runtime.State), "start it: banger vm start "+vm.Name)
+	}
+	// A VM whose create was ready at the agent's answer may still be
+	// starting sshd: wait for it, as the user asked for ssh.
+	if img, err := d.store.GetImage(ctx, vm.Image); err == nil && hasAgent(img) {
+		if err := d.waitPort(ctx, vm, d.getHandles(vm).PID, time.Now().Add(d.cfg.VM.BootTimeout.D())); err != nil {
+			return api.SSHInfo{}, rpc.WithHint(fmt.Errorf("sshd of %s: %w", vm.Name, err), "see the VM's console: banger vm logs "+vm.Name)
+		}
 	}
 	return api.SSHInfo{
 		Name: vm.Name, User: "root", Host: vm.Runtime.GuestIP, KeyPath: d.layout.SSHKey(),

@@ -28,8 +28,8 @@ import (
 
 // Stages of a VM create; a start runs the last four.
 var (
-	createStages = []string{"allocate", "system overlay", "work disk", "network", "vmm start", "boot", "ssh ready"}
-	startStages  = []string{"network", "vmm start", "boot", "ssh ready"}
+	createStages = []string{"allocate", "system overlay", "work disk", "network", "vmm start", "boot", "agent ready"}
+	startStages  = []string{"network", "vmm start", "boot", "agent ready"}
 )
 
 // Limits a VM spec must meet.
@@ -393,15 +393,45 @@ func (d *Daemon) bootVM(ctx context.Context, o *operation, vm model.VM, img mode
 		return vm, err
 	}
 	deadline := time.Now().Add(d.cfg.VM.BootTimeout.D())
+	if !hasAgent(img) {
+		// Images before the guest agent (contract < 3): ready is SSH's.
+		o.renameStage("agent ready", "ssh ready")
+		if err := o.stage(ctx, d.log, "boot", func() (string, error) {
+			return "sshd listening", d.waitPort(ctx, vm, h.PID, deadline)
+		}); err != nil {
+			return vm, err
+		}
+		err := o.stage(ctx, d.log, "ssh ready", func() (string, error) {
+			return fmt.Sprintf("authenticated with the install's key (image of guest contract %d: no agent)", img.GuestContract), d.waitSSH(ctx, vm, h.PID, deadline)
+		})
+		return vm, err
+	}
 	if err := o.stage(ctx, d.log, "boot", func() (string, error) {
-		return "sshd listening", d.waitPort(ctx, vm, h.PID, deadline)
+		_, err := d.agentSession(ctx, vm)
+		for err != nil {
+			if berr := d.checkBooting(ctx, vm, h.PID, deadline); berr != nil {
+				return "", fmt.Errorf("%w (the agent: %v)", berr, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+			_, err = d.agentSession(ctx, vm)
+		}
+		return "the guest agent answered on " + agentChannel(vm), nil
 	}); err != nil {
 		return vm, err
 	}
-	err := o.stage(ctx, d.log, "ssh ready", func() (string, error) {
-		return "authenticated with the install's key", d.waitSSH(ctx, vm, h.PID, deadline)
+	err := o.stage(ctx, d.log, "agent ready", func() (string, error) {
+		h, err := d.waitAgent(ctx, vm, h.PID, deadline)
+		return fmt.Sprintf("banger-agent %s, guest up %.2f s (sshd starts beside)", h.Release, float64(h.UptimeMS)/1000), err
 	})
 	return vm, err
+}
+
+// agentChannel says how the host reaches vm's agent.
+func agentChannel(vm model.VM) string {
+	if vm.VMM == "firecracker" {
+		return "vsock"
+	}
+	return "virtio-serial"
 }
 
 func (d *Daemon) driverFor(ctx context.Context, vm model.VM, img model.Image) (vmm.Driver, string, error) {
@@ -464,6 +494,10 @@ func (d *Daemon) vmSpec(vm model.VM, img model.Image, accel string) (vmm.Spec, e
 	}
 	if cfg := filepath.Join(dir, guest.ConfigDiskName); fileExists(cfg) {
 		s.Disks = append(s.Disks, vmm.Disk{ID: "config", Path: cfg, Format: "raw", ReadOnly: true})
+	}
+	if hasAgent(img) && vm.VMM == "qemu" {
+		s.AgentSocket = agentSocketPath(vm)
+		os.Remove(s.AgentSocket) // a stale one of a VMM that died
 	}
 	if s.APISocket == "" {
 		s.APISocket = filepath.Join(dir, vmFileQMP)

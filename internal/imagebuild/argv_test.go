@@ -12,7 +12,7 @@ func TestMmdebstrapArgv(t *testing.T) {
 	got := mmdebstrapArgv(s, DebianKeyring, "/var/tmp/banger-build-1/trusted.gpg.d", "/var/tmp/banger-build-1/hook")
 	want := []string{
 		"mmdebstrap", "--mode=unshare", "--variant=minbase", "--format=null",
-		"--include=systemd-sysv,openssh-server,linux-image-cloud-amd64,iproute2,kmod,procps,busybox-static,iputils-ping,vim",
+		"--include=systemd-sysv,openssh-server,linux-image-cloud-amd64,iproute2,kmod,procps,busybox-static,iputils-ping,rsync,vim",
 		"--keyring=/usr/share/keyrings/debian-archive-keyring.gpg",
 		`--aptopt=Dir::Etc::Trusted "/usr/share/keyrings/debian-archive-keyring.gpg"`,
 		`--aptopt=Dir::Etc::TrustedParts "/var/tmp/banger-build-1/trusted.gpg.d"`,
