@@ -212,4 +212,3 @@ func makeRaw(f *os.File) (func(), error) {
 	}
 	return func() { unix.IoctlSetTermios(fd, unix.TCSETS, old) }, nil
 }
-
