@@ -100,11 +100,27 @@ func startHelper(t *testing.T, opts ...harnessOpt) *harness {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return startHelperAt(t, filepath.Join(dir, "helper.sock"), 0o666, opts...)
+	return startHelperAt(t, filepath.Join(dir, "helper.sock"), 0o666, nil, opts...)
 }
 
-// startHelperAt is startHelper with the socket at sock, of the given mode.
-func startHelperAt(t *testing.T, sock string, mode os.FileMode, opts ...harnessOpt) *harness {
+// startHelperTuned is startHelper with tune applied to the helper's rpc
+// server before it serves.
+func startHelperTuned(t *testing.T, tune func(*rpc.Server), opts ...harnessOpt) *harness {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "banger-helper-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return startHelperAt(t, filepath.Join(dir, "helper.sock"), 0o666, tune, opts...)
+}
+
+// startHelperAt is startHelper with the socket at sock, of the given mode,
+// and tune (if set) applied to the server.
+func startHelperAt(t *testing.T, sock string, mode os.FileMode, tune func(*rpc.Server), opts ...harnessOpt) *harness {
 	t.Helper()
 	log := &syncBuffer{}
 	cfg := Config{
@@ -129,6 +145,9 @@ func startHelperAt(t *testing.T, sock string, mode os.FileMode, opts ...harnessO
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	srv := h.NewServer()
+	if tune != nil {
+		tune(srv)
+	}
 	go func() { done <- srv.Serve(ctx, ln) }()
 	t.Cleanup(func() {
 		cancel()

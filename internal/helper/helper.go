@@ -9,7 +9,8 @@
 // Every call goes through the same gate, in this order:
 //
 //  1. the peer's uid (SO_PEERCRED) must be root or have a grant
-//     (Helper.Authorize, asked by rpc.Server for every connection);
+//     (Helper.Authorize, asked by rpc.Server as it accepts each connection,
+//     before the connection budgets: a refused peer counts against none);
 //  2. the params must decode strictly (unknown fields are refused) and pass
 //     the pure validation of helperapi (names inside banger's prefixes,
 //     private subnets, numbers in range);
@@ -29,6 +30,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/rpc"
@@ -82,13 +84,20 @@ func (h *Helper) Authorize(cred rpc.PeerCred) error {
 		"root grants it: sudo banger system install --user NAME")
 }
 
+// ReadTimeout is how long the helper gives an admitted connection to send
+// its request: bangerd sends it as soon as it has connected, so a
+// connection silent for longer only holds a slot of its uid's budget.
+const ReadTimeout = 2 * time.Second
+
 // NewServer returns an rpc server named "helper" (its lines read
-// "helper rpc completed" / "helper rpc failed") with the peer check, a
+// "helper rpc completed" / "helper rpc failed") with the peer check (at
+// accept: a peer without a grant is refused at once and never counted), a
 // connection budget per uid and every method registered.
 func (h *Helper) NewServer() *rpc.Server {
 	s := rpc.NewServer("helper", h.log)
 	s.Authorize = h.Authorize
 	s.MaxConnsPerUID = rpc.SharedMaxConnsPerUID
+	s.ReadTimeout = ReadTimeout
 	h.Register(s)
 	return s
 }

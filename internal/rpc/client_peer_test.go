@@ -150,7 +150,8 @@ func TestClientDial(t *testing.T) {
 		cli, srvEnd := net.Pipe()
 		s := NewServer("", slog.New(slog.NewTextHandler(io.Discard, nil)))
 		Register(s, "whoami", func(context.Context, struct{}) (uint32, error) { return 42, nil })
-		go s.ServeConn(context.Background(), srvEnd)
+		ln := &oneConnListener{conn: srvEnd}
+		go s.Serve(context.Background(), ln)
 		return cli, nil
 	}
 	if err := (&Client{SocketPath: "pipe", Dial: func(context.Context) (net.Conn, error) { return pipeTo() }}).Call(callCtx(t), "whoami", nil, &uid); err != nil || uid != 42 {
@@ -311,3 +312,21 @@ func TestRootPeerOfAnotherUID(t *testing.T) {
 		t.Fatalf("through a connection of uid %d: whoami %d, %v", uid, got, err)
 	}
 }
+
+// oneConnListener hands Serve conn, then reports itself closed: Serve
+// returns once it has served conn.
+type oneConnListener struct {
+	conn net.Conn
+	used bool
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	if l.used {
+		return nil, net.ErrClosed
+	}
+	l.used = true
+	return l.conn, nil
+}
+
+func (l *oneConnListener) Close() error   { return nil }
+func (l *oneConnListener) Addr() net.Addr { return &net.UnixAddr{Name: "pipe", Net: "unix"} }

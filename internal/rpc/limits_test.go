@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -286,4 +287,165 @@ func TestAdmitLimits(t *testing.T) {
 	admit(0, "uid 0 already has 1 connections open (limit 1)")
 	admit(unknownUID, "")
 	admit(unknownUID, "uid unknown already has 1 connections open (limit 1)")
+}
+
+// denyAllBut is an Authorize that admits root and the given uids only.
+func denyAllBut(uids ...uint32) Authorizer {
+	return func(c PeerCred) error {
+		if c.UID == 0 || slices.Contains(uids, c.UID) {
+			return nil
+		}
+		return fmt.Errorf("uid %d may not use this server: %w", c.UID, ErrForbidden)
+	}
+}
+
+// wantForbidden checks that r refuses with forbidden naming uid, and that
+// the connection is closed after it.
+func wantForbidden(t *testing.T, c net.Conn, r *Response, uid uint32) {
+	t.Helper()
+	if r.Error == nil || r.Error.Code != CodeForbidden || !strings.Contains(r.Error.Message, fmt.Sprintf("uid %d may not", uid)) {
+		t.Fatalf("uid %d: want forbidden, got result %s error %+v", uid, r.Result, r.Error)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(replyTimeout))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("uid %d: refused connection not closed: %v", uid, err)
+	}
+}
+
+// Peers Authorize refuses are answered forbidden as soon as they connect,
+// without sending anything, and never take a slot of any budget: many
+// uids without the right to talk, silent, cannot keep a uid that has it
+// from being served. (They used to be counted until their request came,
+// up to ReadTimeout, and filled the budget the others share.)
+func TestUnauthorizedPeersNeverCounted(t *testing.T) {
+	ts := startServer(t, func(s *Server) {
+		fakeUIDs(s)
+		s.MaxConns = 4
+		s.RootReserve = 1
+		s.MaxConnsPerUID = 2
+		s.ReadTimeout = time.Minute
+		s.refuseWindow = time.Minute
+		s.maxLingering = 2
+		s.Authorize = denyAllBut(1000)
+	})
+	var silent []net.Conn
+	for uid := uint32(5001); uid <= 5020; uid++ {
+		silent = append(silent, dialAs(t, ts, uid))
+	}
+	// Two refusals wait (here: a minute) for their request; they hold no
+	// slot. The others are answered at once.
+	eventually(t, "two lingering refusals and nothing counted", budgetIs(ts.srv, 0, 2))
+	for i, c := range silent[2:] {
+		wantForbidden(t, c, readReply(t, c), uint32(5003+i))
+	}
+	// The uid with the right is served, up to its own budget, while they
+	// linger.
+	held := []net.Conn{dialAs(t, ts, 1000), dialAs(t, ts, 1000)}
+	eventually(t, "uid 1000's two connections counted", budgetIs(ts.srv, 2, 2))
+	c := dialAs(t, ts, 1000)
+	wantRefused(t, c, readReply(t, c), "uid 1000 already has 2 connections open (limit 2)")
+	held[0].Close()
+	eventually(t, "uid 1000's freed slot", budgetIs(ts.srv, 1, 2))
+	if r := callOn(t, dialAs(t, ts, 1000), "echo", "op-0c1000"); r.Error != nil {
+		t.Fatalf("uid 1000 refused while unauthorised peers linger: %+v", r.Error)
+	}
+	// A lingering refusal still takes the request that comes, and answers
+	// with its op id, logged once.
+	r := callOn(t, silent[0], "echo", "op-5001aa")
+	wantForbidden(t, silent[0], r, 5001)
+	if r.Error.OpID != "op-5001aa" {
+		t.Errorf("refusal op id %q, want the request's", r.Error.OpID)
+	}
+	if lines := logLinesFor(t, ts, "op-5001aa"); len(lines) != 1 || lines[0]["code"] != "forbidden" || lines[0]["method"] != "echo" || lines[0]["peer_uid"] != "5001" {
+		t.Errorf("want one forbidden line for echo from uid 5001, got %v", lines)
+	}
+	silent[1].Close()
+	held[1].Close()
+	eventually(t, "an empty budget", budgetIs(ts.srv, 0, 0))
+}
+
+// refusalLines counts the "rpc failed" lines of peer uid.
+func refusalLines(t *testing.T, ts *testServer, uid string) int {
+	t.Helper()
+	n := 0
+	for _, l := range ts.log.lines(t) {
+		if l["msg"] == "rpc failed" && l["peer_uid"] == uid {
+			n++
+		}
+	}
+	return n
+}
+
+// notLogged returns the "rpc refusals not logged" lines of peer uid.
+func notLogged(t *testing.T, ts *testServer, uid string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, l := range ts.log.lines(t) {
+		if l["msg"] == "rpc refusals not logged" && l["peer_uid"] == uid {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// Refused connections are answered every time, but logged only for the
+// first few of a uid in a window; the window's end logs one line per uid
+// with the count of those that were not. Other uids keep their own count.
+func TestRefusalLoggingLimitedPerUID(t *testing.T) {
+	ts := startServer(t, func(s *Server) {
+		fakeUIDs(s)
+		s.Authorize = denyAllBut(1000)
+		s.refusalLogBurst = 3
+		s.refusalLogWindow = time.Hour // ended by hand below
+	})
+	for i := range 10 {
+		c := dialAs(t, ts, 5001)
+		wantForbidden(t, c, callOn(t, c, "echo", fmt.Sprintf("op-5001%02d", i)), 5001)
+	}
+	for i := range 2 {
+		c := dialAs(t, ts, 5002)
+		wantForbidden(t, c, callOn(t, c, "echo", fmt.Sprintf("op-5002%02d", i)), 5002)
+	}
+	if n := refusalLines(t, ts, "5001"); n != 3 {
+		t.Errorf("uid 5001: %d refusal lines, want the first 3", n)
+	}
+	if n := refusalLines(t, ts, "5002"); n != 2 {
+		t.Errorf("uid 5002: %d refusal lines, want 2", n)
+	}
+	if l := notLogged(t, ts, "5001"); len(l) != 0 {
+		t.Errorf("summary before the window ended: %v", l)
+	}
+	ts.srv.flushRefusals()
+	if l := notLogged(t, ts, "5001"); len(l) != 1 || l[0]["not_logged"] != float64(7) || l[0]["logged"] != float64(3) {
+		t.Errorf("uid 5001's summary: %v, want one line with not_logged 7", l)
+	}
+	if l := notLogged(t, ts, "5002"); len(l) != 0 {
+		t.Errorf("uid 5002 had nothing unlogged: %v", l)
+	}
+	// A new window logs again.
+	c := dialAs(t, ts, 5001)
+	wantForbidden(t, c, callOn(t, c, "echo", "op-5001ff"), 5001)
+	if lines := logLinesFor(t, ts, "op-5001ff"); len(lines) != 1 {
+		t.Errorf("first refusal of a new window: %v", lines)
+	}
+}
+
+// The window ends by itself: the summary comes without another refusal.
+func TestRefusalLogWindowEnds(t *testing.T) {
+	ts := startServer(t, func(s *Server) {
+		fakeUIDs(s)
+		s.Authorize = denyAllBut(1000)
+		s.refusalLogBurst = 1
+		s.refusalLogWindow = 200 * time.Millisecond
+	})
+	// Refuse until one window has held two refusals (the second one not
+	// logged) and its end has said so.
+	eventually(t, "a summary line for uid 5001", func() bool {
+		for i := range 2 {
+			c := dialAs(t, ts, 5001)
+			wantForbidden(t, c, callOn(t, c, "echo", fmt.Sprintf("op-5001e%d", i)), 5001)
+		}
+		time.Sleep(300 * time.Millisecond)
+		return len(notLogged(t, ts, "5001")) > 0
+	})
 }

@@ -23,8 +23,11 @@ import (
 type HandlerFunc func(ctx context.Context, params json.RawMessage) (any, error)
 
 // Authorizer decides whether a peer may talk to the server at all. It sees
-// the peer's credentials from SO_PEERCRED. A refusal is answered with
-// CodeForbidden and logged with the request's op id.
+// the peer's credentials from SO_PEERCRED, as soon as the connection is
+// accepted: a refused peer is answered with CodeForbidden at once, is never
+// counted against a connection budget, and its refusal is logged (with the
+// request's op id when the request comes within a short window, and at
+// most a few lines a minute per uid: limits.go).
 type Authorizer func(cred PeerCred) error
 
 // PeerCred is the process on the other end of a unix socket, per the kernel.
@@ -74,7 +77,8 @@ type Server struct {
 	// once (0: no per-uid limit). A connection carries one call, so this
 	// is also the bound on the uid's calls in flight.
 	MaxConnsPerUID int
-	// Authorize, when set, is asked about every connection's peer.
+	// Authorize, when set, is asked about every connection's peer when it
+	// is accepted, before the connection budgets.
 	Authorize Authorizer
 	// CompletedLevel is the level of "rpc completed" lines (failures are
 	// always logged at warn or error).
@@ -84,14 +88,18 @@ type Server struct {
 	handlers map[string]HandlerFunc
 	wg       sync.WaitGroup
 	budget   connBudget
+	refusals refusalLog
 
 	// Test hooks. peerCredOf replaces SO_PEERCRED (all test connections
 	// share one uid); refuseWindow and maxLingering replace the defaults of
-	// refuse; watchObserved sees every check of the disconnect watch.
-	peerCredOf    func(net.Conn) (PeerCred, error)
-	refuseWindow  time.Duration
-	maxLingering  int
-	watchObserved func(revents int16, gone bool)
+	// refuse, refusalLogWindow and refusalLogBurst those of its log limit;
+	// watchObserved sees every check of the disconnect watch.
+	peerCredOf       func(net.Conn) (PeerCred, error)
+	refuseWindow     time.Duration
+	maxLingering     int
+	refusalLogWindow time.Duration
+	refusalLogBurst  int
+	watchObserved    func(revents int16, gone bool)
 }
 
 // NewServer returns a server with the package defaults.
@@ -161,12 +169,14 @@ func DecodeParams(raw json.RawMessage, v any) error {
 }
 
 // Serve accepts connections on ln until ctx is done or ln fails, serving each
-// on its own goroutine within the connection budgets (limits.go): one over
-// a budget is refused with unavailable at once, so accept never waits. Serve
-// waits for in-flight calls before returning.
+// on its own goroutine within the connection budgets (limits.go). A peer
+// Authorize refuses is answered forbidden at once and never counted; one
+// over a budget is refused with unavailable at once, so accept never waits.
+// Serve waits for in-flight calls before returning.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	defer s.flushRefusals()
 	defer s.wg.Wait()
 	for {
 		conn, err := ln.Accept()
@@ -185,9 +195,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		if credErr == nil {
 			uid = cred.UID
 		}
+		// Who may talk at all is decided before anything is counted: a
+		// peer that may not cannot hold a slot of anyone's budget.
+		if aerr := s.authorize(cred, credErr); aerr != nil {
+			s.refuse(ctx, conn, uid, aerr)
+			continue
+		}
 		release, refusal := s.admit(uid)
 		if refusal != nil {
-			s.refuse(ctx, conn, refusal)
+			s.refuse(ctx, conn, uid, refusal)
 			continue
 		}
 		s.wg.Add(1)
@@ -199,11 +215,24 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 }
 
-// ServeConn serves the one request a connection carries, then closes it.
-// The connection budgets are Serve's; ServeConn alone does not apply them.
-func (s *Server) ServeConn(ctx context.Context, conn net.Conn) {
-	cred, err := s.credOf(conn)
-	s.serveConn(ctx, conn, cred, err == nil)
+// authorize is Authorize's answer for a peer (nil without an Authorize),
+// always with code forbidden.
+func (s *Server) authorize(cred PeerCred, credErr error) error {
+	if s.Authorize == nil {
+		return nil
+	}
+	if credErr != nil {
+		return fmt.Errorf("peer credentials unavailable (%v): %w", credErr, ErrForbidden)
+	}
+	err := s.Authorize(cred)
+	if err != nil && CodeOf(err) != CodeForbidden {
+		hint := HintOf(err)
+		err = fmt.Errorf("%v: %w", err, ErrForbidden)
+		if hint != "" {
+			err = WithHint(err, hint)
+		}
+	}
+	return err
 }
 
 // credOf returns the peer of conn: SO_PEERCRED, or the test hook.
@@ -260,19 +289,6 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn, cred PeerCred, ha
 	}
 	ctx = op.With(ctx, id)
 
-	if s.Authorize != nil {
-		var aerr error
-		if !haveCred {
-			aerr = fmt.Errorf("peer credentials unavailable: %w", ErrForbidden)
-		} else if aerr = s.Authorize(cred); aerr != nil && CodeOf(aerr) != CodeForbidden {
-			aerr = fmt.Errorf("%v: %w", aerr, ErrForbidden)
-		}
-		if aerr != nil {
-			s.finish(ctx, conn, req.Method, start, nil, aerr)
-			return
-		}
-	}
-
 	if req.Version != Version {
 		s.finish(ctx, conn, req.Method, start, nil, &ErrorResponse{
 			Code:    CodeBadVersion,
@@ -325,6 +341,20 @@ func (s *Server) call(ctx context.Context, h HandlerFunc, params json.RawMessage
 // added to it.
 // It returns nil when a successful reply was delivered.
 func (s *Server) finish(ctx context.Context, conn net.Conn, method string, start time.Time, result any, err error, attrs ...any) error {
+	return s.respond(ctx, conn, method, start, result, err, true, attrs...)
+}
+
+// prefix starts the server's log messages: "<Name> rpc", or "rpc".
+func (s *Server) prefix() string {
+	if s.Name != "" {
+		return s.Name + " rpc"
+	}
+	return "rpc"
+}
+
+// respond is finish, logging the per-call line only when log is set (a
+// refusal over its uid's log limit is answered without one).
+func (s *Server) respond(ctx context.Context, conn net.Conn, method string, start time.Time, result any, err error, log bool, attrs ...any) error {
 	id := op.From(ctx)
 	var resp Response
 	if err == nil {
@@ -342,18 +372,17 @@ func (s *Server) finish(ctx context.Context, conn net.Conn, method string, start
 	// reply (banger daemon logs --op) finds the line.
 	dur := time.Since(start)
 	attrs = append([]any{"method", method, "duration_ms", dur.Milliseconds()}, attrs...)
-	prefix := "rpc"
-	if s.Name != "" {
-		prefix = s.Name + " rpc"
-	}
-	if resp.Error != nil {
+	prefix := s.prefix()
+	switch {
+	case !log:
+	case resp.Error != nil:
 		level := slog.LevelWarn
 		if resp.Error.Code == CodeInternal {
 			level = slog.LevelError
 		}
 		attrs = append(attrs, "code", string(resp.Error.Code), "error", resp.Error.Message)
 		s.Logger.Log(ctx, level, prefix+" failed", attrs...)
-	} else {
+	default:
 		s.Logger.Log(ctx, s.CompletedLevel, prefix+" completed", attrs...)
 	}
 
