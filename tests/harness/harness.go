@@ -134,15 +134,23 @@ func (r Result) String() string {
 	return fmt.Sprintf("exit %d\nstdout:\n%s\nstderr:\n%s", r.Code, r.Stdout, r.Stderr)
 }
 
-// Banger runs the CLI with args.
-func (e *Env) Banger(args ...string) Result {
-	e.T.Helper()
+// Command is the CLI with args, ready to run with the install's
+// environment (and credentials and prefix), for a test that wires its own
+// stdin, terminal or signals.
+func (e *Env) Command(args ...string) *exec.Cmd {
 	argv := append(append(slices.Clone(e.Prefix), filepath.Join(BinDir, "banger")), args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = e.Vars
 	if e.Cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: e.Cred}
 	}
+	return cmd
+}
+
+// Banger runs the CLI with args.
+func (e *Env) Banger(args ...string) Result {
+	e.T.Helper()
+	cmd := e.Command(args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	start := time.Now()

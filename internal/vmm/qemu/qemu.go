@@ -67,7 +67,9 @@ func Args(s vmm.Spec) ([]string, error) {
 		"-M", "microvm,acpi=on,x-option-roms=off,isa-serial=on,rtc=on",
 		"-accel", accel, "-cpu", cpu,
 		"-smp", strconv.Itoa(s.VCPUs), "-m", strconv.Itoa(s.MemoryMiB),
-		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		// No -no-reboot: a guest's reboot restarts it in the same
+		// process (its agent reconnects); a power-off ends the process.
+		"-nodefaults", "-no-user-config", "-display", "none",
 		"-kernel", s.Kernel,
 	}
 	if s.Initrd != "" {

@@ -29,7 +29,7 @@ func TestArgs(t *testing.T) {
 	}
 	got := strings.Join(args, " ")
 	want := "-name banger-demo,process=banger-demo -M microvm,acpi=on,x-option-roms=off,isa-serial=on,rtc=on -accel tcg -cpu max -smp 2 -m 512 " +
-		"-nodefaults -no-user-config -display none -no-reboot -kernel /i/vmlinuz -initrd /i/initrd.img -append console=ttyS0 root=/dev/vda " +
+		"-nodefaults -no-user-config -display none -kernel /i/vmlinuz -initrd /i/initrd.img -append console=ttyS0 root=/dev/vda " +
 		"-chardev file,id=console,path=/v/console.log,append=on -serial chardev:console " +
 		"-drive id=vda,file=/v/root.qcow2,format=qcow2,if=none,cache=unsafe -device virtio-blk-device,drive=vda " +
 		"-drive id=vdb,file=/v/work.ext4,format=raw,if=none,cache=unsafe -device virtio-blk-device,drive=vdb " +
