@@ -1,6 +1,7 @@
 // Package bench measures VM creation end to end (scripts/bench-create):
-// banger's create-to-SSH-ready against a bare qemu boot of the same image,
-// per-stage times, the work disk from the seed against from scratch, a TAP
+// banger's create to agent-ready and the same boot to SSH-ready, against a
+// bare qemu boot of the same image, per-stage times, a command through the
+// agent against one over SSH, vm cp against scp (256 MiB each way), the work disk from the seed against from scratch, a TAP
 // from the pool against a new one, and `banger vm list` over 200 VMs. It
 // prints a table and writes the figures as JSON. It asserts nothing about
 // speed: it is a measurement, run on demand (BANGER_BENCH=1), not a test.
@@ -111,7 +112,12 @@ func TestBenchCreate(t *testing.T) {
 	// bare boot of the stock image, interleaved (in an order that rotates)
 	// so that a noisy host weighs on all three alike.
 	b := newBare(t)
-	var total, ssh, stagesPool, bareLean, bareStock []float64
+	var total, sshReady, ssh, execTrue, cpIn, cpOut, scpIn, scpOut, stagesPool, bareLean, bareStock []float64
+	big := filepath.Join(t.TempDir(), "big.bin")
+	if err := exec.Command("dd", "if=/dev/urandom", "of="+big, "bs=1M", "count=256", "status=none").Run(); err != nil {
+		t.Fatal(err)
+	}
+	outDir := t.TempDir()
 	perStage := map[string][]float64{}
 	var order []string
 	bangerRun := func(i int) {
@@ -129,9 +135,44 @@ func TestBenchCreate(t *testing.T) {
 				stagesPool = append(stagesPool, float64(st.DurationMS))
 			}
 		}
-		s := time.Now()
-		e.MustBanger("vm", "ssh", name, "--", "true")
-		ssh = append(ssh, ms(time.Since(s)))
+		// The same boot to SSH-ready: the create returned at the agent's
+		// answer; sshd comes up beside.
+		for e.Banger("vm", "ssh", name, "--", "true").Code != 0 {
+			time.Sleep(50 * time.Millisecond)
+		}
+		sshReady = append(sshReady, ms(time.Since(start)))
+		// A command, whole CLI process: over SSH, then through the agent.
+		for k := 0; k < 3; k++ {
+			s := time.Now()
+			e.MustBanger("vm", "ssh", name, "--", "true")
+			ssh = append(ssh, ms(time.Since(s)))
+			s = time.Now()
+			e.MustBanger("vm", "exec", name, "--", "true")
+			execTrue = append(execTrue, ms(time.Since(s)))
+		}
+		// 256 MiB each way: vm cp against scp with the VM's ssh-config.
+		cfgFile := filepath.Join(outDir, "ssh_config")
+		if err := os.WriteFile(cfgFile, []byte(e.MustBanger("vm", "ssh-config", name).Stdout), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		timed := func(into *[]float64, argv ...string) {
+			s := time.Now()
+			if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+				t.Fatalf("%v: %v\n%s", argv, err, out)
+			}
+			*into = append(*into, ms(time.Since(s)))
+		}
+		cpCmd := func(into *[]float64, args ...string) {
+			s := time.Now()
+			e.MustBanger(append([]string{"vm", "cp"}, args...)...)
+			*into = append(*into, ms(time.Since(s)))
+		}
+		cpCmd(&cpIn, big, name+":/root/a.bin")
+		timed(&scpIn, "scp", "-q", "-F", cfgFile, big, name+":/root/b.bin")
+		cpCmd(&cpOut, name+":/root/a.bin", filepath.Join(outDir, "a.bin"))
+		timed(&scpOut, "scp", "-q", "-F", cfgFile, name+":/root/b.bin", filepath.Join(outDir, "b.bin"))
+		os.Remove(filepath.Join(outDir, "a.bin"))
+		os.Remove(filepath.Join(outDir, "b.bin"))
 		e.MustBanger("vm", "delete", name)
 		time.Sleep(300 * time.Millisecond) // the pool refills
 	}
@@ -146,11 +187,32 @@ func TestBenchCreate(t *testing.T) {
 			steps[(i+k)%len(steps)](i)
 		}
 	}
-	add(summarize("banger create to ssh-ready (CLI wall)", total))
+	agentReady := summarize("banger create to agent-ready (CLI wall)", total)
+	add(agentReady)
 	for _, n := range order {
 		add(summarize("  stage "+n, perStage[n]))
 	}
-	add(summarize("banger vm ssh -- true", ssh))
+	sshR := summarize("the same boots to ssh-ready", sshReady)
+	add(sshR)
+	sshTrue, execT := summarize("banger vm ssh -- true", ssh), summarize("banger vm exec -- true", execTrue)
+	add(sshTrue)
+	add(execT)
+	cin, sin := summarize("vm cp 256 MiB into the VM", cpIn), summarize("scp 256 MiB into the VM (ssh-config)", scpIn)
+	cout, sout := summarize("vm cp 256 MiB out of the VM", cpOut), summarize("scp 256 MiB out of the VM (ssh-config)", scpOut)
+	add(cin)
+	add(sin)
+	add(cout)
+	add(sout)
+	if sshR.Median > 0 {
+		res.Ratios["agent-ready/ssh-ready median (target <= 0.85)"] = agentReady.Median / sshR.Median
+	}
+	if sshTrue.Median > 0 {
+		res.Ratios["exec true/ssh true median (target <= 0.1)"] = execT.Median / sshTrue.Median
+	}
+	if sin.Median > 0 && sout.Median > 0 {
+		res.Ratios["vm cp/scp in, time median (target <= 1)"] = cin.Median / sin.Median
+		res.Ratios["vm cp/scp out, time median (target <= 1)"] = cout.Median / sout.Median
+	}
 
 	// A new TAP per create: no pool.
 	e.MustBanger("network", "down")
@@ -184,9 +246,8 @@ func TestBenchCreate(t *testing.T) {
 	if stockBase.Median > 0 {
 		res.Ratios["default/stock image boot median"] = base.Median / stockBase.Median
 	}
-	banger := summarize("", total)
 	if base.Median > 0 {
-		res.Ratios["banger/baseline create-to-ssh-ready median"] = banger.Median / base.Median
+		res.Ratios["banger ssh-ready/baseline ssh-ready median"] = sshR.Median / base.Median
 	}
 
 	// Work disk: seed clone + grow to 4 GiB against from scratch.
