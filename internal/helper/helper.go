@@ -27,8 +27,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -71,7 +73,59 @@ func New(cfg Config) (*Helper, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Helper{grants: cfg.Grants, owners: o, log: cfg.Logger}, nil
+	h := &Helper{grants: cfg.Grants, owners: o, log: cfg.Logger}
+	if err := h.reviewRecords(); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// reviewRecords runs at start: it forgets the records of links that are
+// gone, and warns of each recorded object whose owner no longer has a
+// grant that covers it. Such an object stays its owner's (no one else may
+// take it over, not even the user granted its name now) until root removes
+// it.
+func (h *Helper) reviewRecords() error {
+	records := h.owners.all()
+	keys := slices.Sorted(maps.Keys(records))
+	for _, k := range keys {
+		kind, name, _ := strings.Cut(k, "/")
+		uid := records[k]
+		l, err := linkByName(name)
+		if err != nil {
+			return err
+		}
+		if l == nil {
+			if err := h.owners.drop(kind, name); err != nil {
+				return err
+			}
+			continue
+		}
+		if uid == 0 {
+			continue
+		}
+		why := ""
+		switch g, ok := h.grants.For(uid); {
+		case !ok:
+			why = fmt.Sprintf("uid %d has no grant any more", uid)
+		case kind == kindBridge && g.Bridge() != name, kind == kindTap && !strings.HasPrefix(name, g.TapPrefix()):
+			why = fmt.Sprintf("uid %d's grant (%s) no longer covers it", uid, g.Bridge())
+		default:
+			continue
+		}
+		h.log.Warn("recorded object outside every grant", "kind", kind, "name", name, "owner", uid, "why", why,
+			"hint", removeHint(kind, name))
+	}
+	return nil
+}
+
+// removeHint says how root removes an object of the helper's by hand (the
+// helper then forgets its record when it next looks at it, or at start).
+func removeHint(kind, name string) string {
+	if kind == kindBridge {
+		return "root removes it: sudo ip link delete " + name + " && sudo nft delete table ip " + name
+	}
+	return "root removes it: sudo ip link delete " + name
 }
 
 // Authorize admits root and the users with a grant. rpc.Server answers a

@@ -88,7 +88,7 @@ func (h *Helper) bridgeEnsure(ctx context.Context, caller rpc.PeerCred, p helper
 	}
 
 	// Act: create (down), IPv6 off before it comes up, exactly this IPv4
-	// address, up.
+	// address, the filter chains of its table, up.
 	created := false
 	if l == nil {
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: p.Name}}
@@ -109,6 +109,11 @@ func (h *Helper) bridgeEnsure(ctx context.Context, caller rpc.PeerCred, p helper
 	}
 	if err := ensureOnlyAddr(l, prefix); err != nil {
 		return res, fmt.Errorf("bridge %s: %w", p.Name, err)
+	}
+	// The filter exists before the bridge comes up, NAT or not: isolation
+	// between users must not depend on a later nat.ensure.
+	if err := writeFilter(p.Name, prefix.Masked(), created); err != nil {
+		return res, err
 	}
 	if l.Attrs().Flags&net.FlagUp == 0 {
 		if err := netlink.LinkSetUp(l); err != nil {
@@ -172,9 +177,25 @@ func ensureOnlyAddr(l netlink.Link, want netip.Prefix) error {
 	return nil
 }
 
-// bridgeDelete deletes the caller's bridge; a missing one is not an error.
+// bridgeDelete deletes the caller's bridge and its table; a missing one is
+// not an error.
 func (h *Helper) bridgeDelete(ctx context.Context, caller rpc.PeerCred, p helperapi.BridgeDeleteParams) (helperapi.DeleteResult, error) {
-	return h.deleteLink(ctx, caller, kindBridge, p.Name, "bridge")
+	owner := h.ownerOf(kindBridge, p.Name, caller)
+	res, err := h.deleteLink(ctx, caller, kindBridge, p.Name, "bridge")
+	if err != nil {
+		return res, err
+	}
+	// The table goes with the bridge (also one left without it). A bridge
+	// that was there was the caller's (deleteLink claimed it); a name
+	// without a bridge is the caller's grant's (CheckGrant), or root's.
+	gone, err := deleteTable(p.Name)
+	if err != nil {
+		return res, err
+	}
+	if gone {
+		h.log.InfoContext(ctx, "bridge table deleted", "table", "ip "+p.Name, "owner", owner, "caller", caller.UID)
+	}
+	return helperapi.DeleteResult{Deleted: res.Deleted || gone}, nil
 }
 
 // deleteLink deletes the caller's link name of type typ (bridge, tuntap).
@@ -190,6 +211,7 @@ func (h *Helper) deleteLink(ctx context.Context, caller rpc.PeerCred, kind, name
 	if err := h.claim(caller, kind, name, kernelOwner(l)); err != nil {
 		return helperapi.DeleteResult{}, err
 	}
+	owner := h.ownerOf(kind, name, caller)
 	// Act.
 	if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
 		return helperapi.DeleteResult{}, fmt.Errorf("deleting %s %s: %w", typ, name, err)
@@ -198,13 +220,23 @@ func (h *Helper) deleteLink(ctx context.Context, caller rpc.PeerCred, kind, name
 	if l, err := linkByName(name); err != nil {
 		return helperapi.DeleteResult{}, err
 	} else if l != nil {
-		return helperapi.DeleteResult{}, fmt.Errorf("%s %s still present after delete", typ, name)
+		return helperapi.DeleteResult{}, rpc.WithHint(fmt.Errorf("%s %s still present after delete", typ, name),
+			"something recreated it; look at it with: ip -d link show "+name)
 	}
 	if err := h.owners.drop(kind, name); err != nil {
 		return helperapi.DeleteResult{}, err
 	}
-	h.log.InfoContext(ctx, typ+" deleted", "link", name)
+	h.log.InfoContext(ctx, typ+" deleted", "link", name, "owner", owner, "caller", caller.UID)
 	return helperapi.DeleteResult{Deleted: true}, nil
+}
+
+// ownerOf is the recorded owner of kind/name, else the caller (who made
+// it, or claims it).
+func (h *Helper) ownerOf(kind, name string, caller rpc.PeerCred) uint32 {
+	if uid, ok := h.owners.owner(kind, name); ok {
+		return uid
+	}
+	return caller.UID
 }
 
 // kernelOwner is a TAP's owner as the kernel keeps it (nil for other

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -14,24 +15,29 @@ import (
 	"github.com/banger-dev/banger/internal/rpc"
 )
 
-// Owners. Every object the helper makes (a bridge, a NAT table, a TAP) is
-// recorded with the uid that asked for it, in a state file only root can
+// Owners. Every link the helper makes (a bridge, a TAP) is recorded with
+// the uid that asked for it (a bridge's nftables table is the bridge
+// owner's: nat.go), in a state file only root can
 // read or write (its directory 0700), written anew and renamed into place
 // on every change, so the records survive a helper restart or crash. A call
 // on an existing object succeeds only for its recorded owner (or root).
 //
 // An object that exists without a record (made before this helper kept
 // records, or after the file was lost) goes to the caller whose grant
-// covers its name: a bridge or NAT table of its grant's bridge; a TAP of its
-// grant's prefix only if the kernel says the caller owns it too. A record
-// of an object that no longer exists is dropped when the object is next
-// measured.
+// covers its name: a bridge of its grant's bridge name; a TAP of its
+// grant's prefix only if the kernel says the caller owns it too (the
+// kernel's owner is a hint, not a proof: the TAP's owner may change it,
+// TUNSETOWNER, so it only settles unrecorded TAPs in the caller's own
+// names). A record of an object that no longer exists is dropped when the
+// object is next measured, and at the helper's start.
 
 // Object kinds in the records.
 const (
 	kindBridge = "bridge"
-	kindNAT    = "nat"
 	kindTap    = "tap"
+	// kindNAT records were kept for NAT tables before a bridge's table
+	// followed the bridge; loadOwners drops them.
+	kindNAT = "nat"
 )
 
 type owners struct {
@@ -74,7 +80,28 @@ func loadOwners(path string) (*owners, error) {
 		return nil, fmt.Errorf("state file %s is corrupt (%v); move it aside to start with no records", path, err)
 	}
 	maps.Copy(o.m, f.Owners)
+	legacy := false
+	for k := range o.m {
+		if strings.HasPrefix(k, kindNAT+"/") {
+			delete(o.m, k)
+			legacy = true
+		}
+	}
+	if legacy {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		if err := o.saveLocked(); err != nil {
+			return nil, err
+		}
+	}
 	return o, nil
+}
+
+// all returns a copy of the records, keyed kind/name.
+func (o *owners) all() map[string]uint32 {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	return maps.Clone(o.m)
 }
 
 // owner returns the recorded owner of kind/name.
@@ -157,9 +184,11 @@ func (h *Helper) claim(caller rpc.PeerCred, kind, name string, kernelOwner *uint
 	case ok && rec == caller.UID:
 		return nil
 	case ok:
-		return fmt.Errorf("%s %s belongs to uid %d, not to the caller (uid %d): %w", kind, name, rec, caller.UID, rpc.ErrForbidden)
+		return rpc.WithHint(fmt.Errorf("%s %s belongs to uid %d, not to the caller (uid %d): %w", kind, name, rec, caller.UID, rpc.ErrForbidden),
+			fmt.Sprintf("only uid %d or root may change it; if uid %d is done with it, %s", rec, rec, removeHint(kind, name)))
 	case kernelOwner != nil && *kernelOwner != caller.UID:
-		return fmt.Errorf("%s %s exists, owned by uid %d, and banger has no record of it: %w", kind, name, *kernelOwner, rpc.ErrForbidden)
+		return rpc.WithHint(fmt.Errorf("%s %s exists, owned by uid %d, and banger has no record of it: %w", kind, name, *kernelOwner, rpc.ErrForbidden),
+			"if it is stale, "+removeHint(kind, name))
 	}
 	return h.owners.set(kind, name, caller.UID)
 }

@@ -141,6 +141,18 @@ func TestBridgeAndTapNetNS(t *testing.T) {
 	if state, _ := os.ReadFile(hs.stateFile); strings.Contains(string(state), "banger") || strings.Contains(string(state), "tap1") {
 		t.Errorf("records of deleted objects remain:\n%s", state)
 	}
+	// The delete lines name the owner (and who asked).
+	deleted := map[string]string{}
+	for _, l := range hs.log.lines(t) {
+		if strings.HasSuffix(fmt.Sprint(l["msg"]), " deleted") && l["link"] != nil {
+			deleted[fmt.Sprint(l["link"])] = fmt.Sprint(l["owner"], " by ", l["caller"])
+		}
+	}
+	for link, want := range map[string]string{tp.Name: fmt.Sprint(victimUID, " by ", victimUID), "banger1": fmt.Sprint(victimUID, " by ", victimUID), "banger0": "0 by 0"} {
+		if deleted[link] != want {
+			t.Errorf("delete line of %s: owner %q, want %q", link, deleted[link], want)
+		}
+	}
 }
 
 func checkBridge(t *testing.T, name, cidr string) {
@@ -223,6 +235,10 @@ func TestNATNetNS(t *testing.T) {
 	ctx := context.Background()
 	if _, err := hs.client.EnsureBridge(ctx, helperapi.BridgeEnsureParams{Name: "banger0", CIDR: "10.77.0.1/24"}); err != nil {
 		t.Fatal(err)
+	}
+	// The bridge alone has its table with the filter chains.
+	if got := tableChains(t, "banger0"); !slices.Equal(got, []string{"forward", "input"}) {
+		t.Errorf("chains after bridge.ensure: %v, want forward and input", got)
 	}
 	p := helperapi.NATEnsureParams{Subnet: "10.77.0.0/24", Bridge: "banger0"}
 	r, err := hs.client.EnsureNAT(ctx, p)
@@ -307,17 +323,55 @@ func TestNATNetNS(t *testing.T) {
 		}
 	}
 
+	// nat.delete takes the masquerade away, not the filter; bridge.delete
+	// takes the table with the bridge.
 	for i, want := range []bool{true, false} {
 		if r, err := hs.client.DeleteNAT(ctx, "banger0"); err != nil || r.Deleted != want {
 			t.Errorf("delete %d: %+v, %v", i, r, err)
 		}
 	}
-	if tables, _ := c.ListTablesOfFamily(nftables.TableFamilyIPv4); len(tables) != 0 {
-		t.Errorf("tables left: %v", tables)
+	if got := tableChains(t, "banger0"); !slices.Equal(got, []string{"forward", "input"}) {
+		t.Errorf("chains after nat.delete: %v, want forward and input", got)
 	}
-	if _, err := hs.client.DeleteBridge(ctx, "banger0"); err != nil {
+	if r, err := hs.client.DeleteBridge(ctx, "banger0"); err != nil || !r.Deleted {
+		t.Fatalf("bridge.delete: %+v, %v", r, err)
+	}
+	if tables, _ := c.ListTablesOfFamily(nftables.TableFamilyIPv4); len(tables) != 0 {
+		t.Errorf("tables left after bridge.delete: %v", tables)
+	}
+	// A table left without its bridge goes with the next bridge.delete.
+	lone := c.AddTable(natTable("banger0"))
+	c.AddChain(&nftables.Chain{Name: "forward", Table: lone, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter})
+	if err := c.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	if r, err := hs.client.DeleteBridge(ctx, "banger0"); err != nil || !r.Deleted {
+		t.Errorf("bridge.delete of a lone table: %+v, %v", r, err)
+	}
+	if tables, _ := c.ListTablesOfFamily(nftables.TableFamilyIPv4); len(tables) != 0 {
+		t.Errorf("lone table left: %v", tables)
+	}
+}
+
+// tableChains lists the chains of table ip name, sorted.
+func tableChains(t *testing.T, name string) []string {
+	t.Helper()
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, ch := range chains {
+		if ch.Table.Name == name {
+			out = append(out, ch.Name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // tap.open: the owner of a TAP (here the victim, whose VMM could not open

@@ -79,8 +79,10 @@ type DeleteResult struct {
 
 // BridgeEnsureParams asks for a bridge that exists, is up, carries exactly
 // the IPv4 address CIDR (the gateway address with the subnet's prefix
-// length, for example 172.30.78.1/24) and has IPv6 off. A non-root caller
-// may ask only for its grant's bridge and gateway.
+// length, for example 172.30.78.1/24), has IPv6 off, and has the filter
+// chains of its nftables table `ip <bridge>` (what comes from the bridge
+// must have a source in its subnet; only replies go into it), NAT or not.
+// A non-root caller may ask only for its grant's bridge and gateway.
 type BridgeEnsureParams struct {
 	Name string `json:"name"`
 	CIDR string `json:"cidr"`
@@ -93,18 +95,17 @@ type BridgeResult struct {
 	Created bool   `json:"created"`
 }
 
-// BridgeDeleteParams names the bridge to delete.
+// BridgeDeleteParams names the bridge to delete, with its table.
 type BridgeDeleteParams struct {
 	Name string `json:"name"`
 }
 
 // NATEnsureParams asks for masquerading of what comes from Bridge with a
-// source in Subnet (network form, for example 172.30.78.0/24) towards
-// anywhere but the subnet, optionally only out of Egress; for forwarding
-// from and back to Bridge; and for packets from Bridge with a source outside
-// Subnet to be dropped. The rules live in an nftables table of their own,
-// `ip <bridge>`. A non-root caller may ask only for its grant's bridge and
-// subnet.
+// source in Subnet (network form, for example 172.30.78.0/24: the bridge's
+// own) towards anywhere but the subnet, optionally (root only) only out of
+// Egress, and for forwarding from and back to Bridge. The masquerade chain
+// joins the filter chains in the bridge's table, `ip <bridge>`. A non-root
+// caller may ask only for its grant's bridge and subnet.
 type NATEnsureParams struct {
 	Bridge string `json:"bridge"`
 	Subnet string `json:"subnet"`
@@ -115,14 +116,15 @@ type NATEnsureParams struct {
 type NATResult struct {
 	// Table is the nftables table, "ip <bridge>".
 	Table string `json:"table"`
-	// Created is true when the table did not exist before.
+	// Created is true when the masquerade chain did not exist before.
 	Created bool `json:"created"`
 	// Forwarding lists the interfaces whose IPv4 forwarding this call
 	// turned on (the bridge and the uplinks; never net.ipv4.ip_forward).
 	Forwarding []string `json:"forwarding,omitempty"`
 }
 
-// NATDeleteParams names the bridge whose NAT table to delete.
+// NATDeleteParams names the bridge whose masquerade to delete (its filter
+// chains stay until bridge.delete).
 type NATDeleteParams struct {
 	Bridge string `json:"bridge"`
 }

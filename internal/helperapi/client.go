@@ -39,12 +39,13 @@ func (c *Client) Version(ctx context.Context) (VersionResult, error) {
 }
 
 // EnsureBridge creates the bridge if missing, gives it exactly the address
-// p.CIDR and brings it up.
+// p.CIDR and its table's filter chains, and brings it up.
 func (c *Client) EnsureBridge(ctx context.Context, p BridgeEnsureParams) (BridgeResult, error) {
 	return call[BridgeEnsureParams, BridgeResult](ctx, c, MethodBridgeEnsure, p)
 }
 
-// DeleteBridge deletes the bridge; a missing bridge is not an error.
+// DeleteBridge deletes the bridge and its table; a missing bridge is not an
+// error.
 func (c *Client) DeleteBridge(ctx context.Context, name string) (DeleteResult, error) {
 	return call[BridgeDeleteParams, DeleteResult](ctx, c, MethodBridgeDelete, BridgeDeleteParams{Name: name})
 }
@@ -60,13 +61,14 @@ func (c *Client) DeleteTap(ctx context.Context, name string) (DeleteResult, erro
 	return call[TapDeleteParams, DeleteResult](ctx, c, MethodTapDelete, TapDeleteParams{Name: name})
 }
 
-// EnsureNAT (re)writes the bridge's NAT table and turns on IPv4 forwarding
-// for the bridge and its uplinks.
+// EnsureNAT (re)writes the masquerade chain of the bridge's table and turns
+// on IPv4 forwarding for the bridge and its uplinks.
 func (c *Client) EnsureNAT(ctx context.Context, p NATEnsureParams) (NATResult, error) {
 	return call[NATEnsureParams, NATResult](ctx, c, MethodNATEnsure, p)
 }
 
-// DeleteNAT deletes the bridge's NAT table; a missing table is not an error.
+// DeleteNAT deletes the masquerade chain of the bridge's table; a missing
+// one is not an error.
 func (c *Client) DeleteNAT(ctx context.Context, bridge string) (DeleteResult, error) {
 	return call[NATDeleteParams, DeleteResult](ctx, c, MethodNATDelete, NATDeleteParams{Bridge: bridge})
 }
