@@ -950,3 +950,57 @@ func TestIsolationWithoutNATNetNS(t *testing.T) {
 		}
 	}
 }
+
+// Finding 1: no user chooses what the host forwards. nat.ensure's egress
+// is root's: a user naming any interface is refused (it used to pass when
+// it looked like an interface name, and the helper switched forwarding on
+// for it: "all" made the whole host a router); root's must be the
+// interface of a default route, and never all, default or lo.
+func TestEgressRefusedNetNS(t *testing.T) {
+	if !testutil.InNetNS(t) {
+		return
+	}
+	testutil.RequireTool(t, "nft")
+	w := setupWorld(t)
+	// Root's own bridge, and a link with an address but no default route.
+	if _, err := w.hs.client.EnsureBridge(context.Background(), helperapi.BridgeEnsureParams{Name: "banger0", CIDR: "10.77.0.1/24"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "side0"}, PeerName: "side0peer"}); err != nil {
+		t.Fatal(err)
+	}
+	side, _ := netlink.LinkByName("side0")
+	sa, _ := netlink.ParseAddr("192.168.91.2/24")
+	if err := netlink.AddrAdd(side, sa); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(side); err != nil {
+		t.Fatal(err)
+	}
+	a, root := w.attacker, w.hs.client
+	nat := func(c *helperapi.Client, bridge, subnet, egress string) func(context.Context, *world) error {
+		return rawCall(c, helperapi.MethodNATEnsure, helperapi.NATEnsureParams{Bridge: bridge, Subnet: subnet, Egress: egress})
+	}
+	var attacks []attack
+	for _, egress := range []string{"all", "default", "lo", "up0", "side0", "docker0", "wg0"} {
+		attacks = append(attacks, attack{"1", "the attacker's NAT out of " + egress, nat(a, attacker.Bridge(), attacker.Subnet, egress), []rpc.Code{rpc.CodeForbidden, rpc.CodeBadRequest}})
+	}
+	for _, egress := range []string{"all", "default", "lo", "nosuch0", "side0"} {
+		attacks = append(attacks, attack{"1", "root's NAT out of " + egress, nat(root, "banger0", "10.77.0.0/24", egress), badRequest})
+	}
+	before := hostState(t, w.hs)
+	for _, at := range attacks {
+		id := op.New()
+		err := at.call(op.With(context.Background(), id), w)
+		w.refusedOnce(t, "finding "+at.finding+": "+at.what, id, err, before, at.codes...)
+	}
+	// Control: root's egress may be the uplink.
+	if _, err := root.EnsureNAT(context.Background(), helperapi.NATEnsureParams{Bridge: "banger0", Subnet: "10.77.0.0/24", Egress: "up0"}); err != nil {
+		t.Errorf("root's NAT out of the uplink: %v", err)
+	}
+	for _, p := range []string{"all", "default", "lo", "side0"} {
+		if f := sysctl(t, "/proc/sys/net/ipv4/conf/"+p+"/forwarding"); f != "0" {
+			t.Errorf("conf/%s/forwarding = %s", p, f)
+		}
+	}
+}

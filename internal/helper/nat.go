@@ -177,6 +177,23 @@ func (h *Helper) natEnsure(ctx context.Context, caller rpc.PeerCred, p helperapi
 		return res, rpc.WithHint(fmt.Errorf("bridge %s carries subnet %s, not %s: %w", p.Bridge, have, subnet, rpc.ErrConflict),
 			"run bridge.ensure with the subnet's gateway first")
 	}
+	// The uplinks, whose forwarding is switched on below. Root may name
+	// one (egress; a user may not: CheckGrant), which must then be an
+	// interface of a default route: forwarding on anything else (all,
+	// default: the whole host) would make the host route what it should not.
+	uplinks, err := defaultRouteLinks()
+	if err != nil {
+		return res, err
+	}
+	if p.Egress != "" && !slices.Contains(uplinks, p.Egress) {
+		l, err := linkByName(p.Egress)
+		what := "carries no default route"
+		if err == nil && l == nil {
+			what = "does not exist"
+		}
+		return res, rpc.WithHint(fmt.Errorf("argument egress %q %s, so it is no uplink (the uplinks: %v): %w", p.Egress, what, uplinks, rpc.ErrBadRequest),
+			"name the interface of a default route (ip route show default), or leave egress out")
+	}
 	c, err := nftables.New()
 	if err != nil {
 		return res, fmt.Errorf("nftables: %w", err)
@@ -211,11 +228,7 @@ func (h *Helper) natEnsure(ctx context.Context, caller rpc.PeerCred, p helperapi
 	if p.Egress != "" {
 		ifaces = append(ifaces, p.Egress)
 	} else {
-		up, err := defaultRouteLinks()
-		if err != nil {
-			return res, err
-		}
-		ifaces = append(ifaces, up...)
+		ifaces = append(ifaces, uplinks...)
 	}
 	for _, i := range ifaces {
 		changed, err := enableForwarding(i)

@@ -196,13 +196,20 @@ func (p BridgeEnsureParams) CheckGrant(g Grant) error {
 // CheckGrant: the grant's bridge.
 func (p BridgeDeleteParams) CheckGrant(g Grant) error { return g.checkBridge("bridge", p.Name) }
 
-// CheckGrant: the grant's bridge and subnet.
+// CheckGrant: the grant's bridge and subnet, and no egress (root's only:
+// forwarding is switched on for the egress interface, so a user naming one
+// would choose what the host forwards; a user's NAT leaves by the host's
+// default routes, and bangerd never sends egress).
 func (p NATEnsureParams) CheckGrant(g Grant) error {
 	if err := g.checkBridge("bridge", p.Bridge); err != nil {
 		return err
 	}
 	if p.Subnet != g.Subnet {
 		return notGranted(g, "subnet", p.Subnet, "subnet "+g.Subnet)
+	}
+	if p.Egress != "" {
+		return rpc.WithHint(fmt.Errorf("argument egress %q: only root names the egress interface; %s's NAT leaves by the host's default routes: %w", truncate(p.Egress), g.User, rpc.ErrForbidden),
+			"leave egress out (bangerd never sends it)")
 	}
 	return nil
 }

@@ -76,7 +76,6 @@ func TestCheckGrant(t *testing.T) {
 		BridgeEnsureParams{Name: "banger1", CIDR: "172.30.78.1/24"},
 		BridgeDeleteParams{Name: "banger1"},
 		NATEnsureParams{Bridge: "banger1", Subnet: "172.30.78.0/24"},
-		NATEnsureParams{Bridge: "banger1", Subnet: "172.30.78.0/24", Egress: "eth0"},
 		NATDeleteParams{Bridge: "banger1"},
 		TapCreateParams{Name: "tap1-pool-0", Bridge: "banger1"},
 		TapDeleteParams{Name: "tap1-3f9a1c"},
@@ -97,6 +96,8 @@ func TestCheckGrant(t *testing.T) {
 		BridgeDeleteParams{Name: "banger0"},
 		NATEnsureParams{Bridge: "banger2", Subnet: "172.30.78.0/24"},
 		NATEnsureParams{Bridge: "banger1", Subnet: "10.0.0.0/16"},
+		NATEnsureParams{Bridge: "banger1", Subnet: "172.30.78.0/24", Egress: "eth0"}, // egress is root's
+		NATEnsureParams{Bridge: "banger1", Subnet: "172.30.78.0/24", Egress: "all"},
 		NATDeleteParams{Bridge: "banger2"},
 		TapCreateParams{Name: "tap-pool-0", Bridge: "banger1"},  // root's namespace
 		TapCreateParams{Name: "tap2-pool-0", Bridge: "banger1"}, // another user's

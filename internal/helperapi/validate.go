@@ -3,6 +3,7 @@ package helperapi
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -29,10 +30,15 @@ const (
 // badArg is the one error shape of this file: the argument, its value
 // (quoted, so a newline cannot forge a log line) and what is wrong.
 func badArg(arg, value, reason string) error {
+	return fmt.Errorf("argument %s %q: %s: %w", arg, truncate(value), reason, rpc.ErrBadRequest)
+}
+
+// truncate bounds a caller's value quoted in a message.
+func truncate(value string) string {
 	if len(value) > 80 {
-		value = value[:80] + "..."
+		return value[:80] + "..."
 	}
-	return fmt.Errorf("argument %s %q: %s: %w", arg, value, reason, rpc.ErrBadRequest)
+	return value
 }
 
 // checkToken refuses the empty string, over-long strings and any byte
@@ -223,9 +229,16 @@ func (p NATEnsureParams) Validate() error {
 		if p.Egress == p.Bridge || strings.HasPrefix(p.Egress, BridgePrefix) || strings.HasPrefix(p.Egress, TapPrefix) {
 			return badArg("egress", p.Egress, "is one of banger's own interfaces")
 		}
+		if slices.Contains(notUplinks, p.Egress) {
+			return badArg("egress", p.Egress, "is not an uplink (forwarding on it would be the whole host's, or loopback's); name the interface of a default route, or leave egress out")
+		}
 	}
 	return nil
 }
+
+// notUplinks are names of /proc/sys/net/ipv4/conf/ that are no interface
+// traffic leaves by: "all" and "default" are the whole host's settings.
+var notUplinks = []string{"all", "default", "lo"}
 
 // Validate checks every argument of nat.delete.
 func (p NATDeleteParams) Validate() error { return ValidateBridgeName("bridge", p.Bridge) }
