@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -1002,5 +1003,199 @@ func TestEgressRefusedNetNS(t *testing.T) {
 		if f := sysctl(t, "/proc/sys/net/ipv4/conf/"+p+"/forwarding"); f != "0" {
 			t.Errorf("conf/%s/forwarding = %s", p, f)
 		}
+	}
+}
+
+// farPeer gives the namespace a second network behind the host: side0
+// (192.168.91.2/24) to a new namespace at 192.168.91.1 whose default route
+// is the host, and tells the LAN peer (lan) the way there through up0.
+func farPeer(t *testing.T, lan netns.NsHandle) netns.NsHandle {
+	t.Helper()
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "side0"}, PeerName: "side0peer"}); err != nil {
+		t.Fatal(err)
+	}
+	side, _ := netlink.LinkByName("side0")
+	a, _ := netlink.ParseAddr("192.168.91.2/24")
+	if err := netlink.AddrAdd(side, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(side); err != nil {
+		t.Fatal(err)
+	}
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	far, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netns.Set(orig); err != nil {
+		t.Fatal(err)
+	}
+	orig.Close()
+	runtime.UnlockOSThread()
+	t.Cleanup(func() { far.Close() })
+	peer, _ := netlink.LinkByName("side0peer")
+	if err := netlink.LinkSetNsFd(peer, int(far)); err != nil {
+		t.Fatal(err)
+	}
+	h, err := netlink.NewHandleAt(far)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	for _, name := range []string{"lo", "side0peer"} {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name == "side0peer" {
+			pa, _ := netlink.ParseAddr("192.168.91.1/24")
+			if err := h.AddrAdd(l, pa); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+		if name == "side0peer" {
+			if err := h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.ParseIP("192.168.91.2")}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	lh, err := netlink.NewHandleAt(lan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lh.Close()
+	lp, err := lh.LinkByName("up0peer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, _ := netlink.ParseIPNet("192.168.91.0/24")
+	if err := lh.RouteAdd(&netlink.Route{LinkIndex: lp.Attrs().Index, Dst: dst, Gw: net.ParseIP("192.168.90.2")}); err != nil {
+		t.Fatal(err)
+	}
+	return far
+}
+
+// sendFrom sends one UDP datagram from namespace ns.
+func sendFrom(t *testing.T, ns netns.NsHandle, dst, payload string) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, _ := netns.Get()
+	defer orig.Close()
+	if err := netns.Set(ns); err != nil {
+		t.Fatal(err)
+	}
+	defer netns.Set(orig)
+	c, err := net.Dial("udp4", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte(payload))
+}
+
+// Finding 4: forwarding on the uplink does not make the host a router for
+// its LAN. The LAN peer has a route to a network behind the host (side0);
+// once nat.ensure has switched forwarding on for the uplink (0 to 1), a
+// packet from the LAN there is not forwarded (the guard table lets the
+// uplink forward replies only; it used to be forwarded), while a guest's
+// traffic and its replies still flow. The guard outlives a restart of the
+// helper, and goes when host forwarding is turned on.
+func TestUplinkNotARouterNetNS(t *testing.T) {
+	if !testutil.InNetNS(t) {
+		return
+	}
+	lan := lanPeer(t)
+	far := farPeer(t, lan)
+	farRx := listenIn(t, far, "192.168.91.1:9996")
+	lanRx := listenIn(t, lan, "192.168.90.1:9999")
+	reachesFar := func(payload string) bool {
+		t.Helper()
+		sendFrom(t, lan, "192.168.91.1:9996", payload)
+		got, _ := recvUDP(farRx)
+		return got == payload
+	}
+	// Before banger, the uplink does not forward.
+	if reachesFar("before") {
+		t.Fatal("the LAN reached the far network before nat.ensure: the namespace forwards by itself")
+	}
+
+	hs := startHelper(t)
+	a := hs.as(t, attackerUID)
+	ctx := context.Background()
+	if _, err := a.EnsureBridge(ctx, helperapi.BridgeEnsureParams{Name: attacker.Bridge(), CIDR: attacker.Gateway()}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := a.EnsureNAT(ctx, helperapi.NATEnsureParams{Bridge: attacker.Bridge(), Subnet: attacker.Subnet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(r.Forwarding, "up0") {
+		t.Fatalf("nat.ensure did not switch the uplink's forwarding on: %+v", r)
+	}
+	if _, err := a.CreateTap(ctx, helperapi.TapCreateParams{Name: attacker.TapPrefix() + "pool-0", Bridge: attacker.Bridge()}); err != nil {
+		t.Fatal(err)
+	}
+	tap := openTap(t, a, attacker.TapPrefix()+"pool-0")
+	defer tap.Close()
+	fromGuest := guestSender(t, tap, attacker.Bridge())
+
+	if reachesFar("after nat.ensure") {
+		t.Error("the LAN's packet was forwarded to the far network once the uplink forwarded")
+	}
+	// The guest's traffic goes out, and the LAN's reply comes back in.
+	fromGuest("10.231.2.50", "192.168.90.1", 9999, "guest to LAN")
+	buf := make([]byte, 1500)
+	lanRx.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, from, err := lanRx.ReadFrom(buf)
+	if err != nil || string(buf[:n]) != "guest to LAN" {
+		t.Fatalf("the guest's packet did not reach the LAN: %q, %v", buf[:n], err)
+	}
+	if _, err := lanRx.WriteTo([]byte("reply"), from); err != nil {
+		t.Fatal(err)
+	}
+	if !anyAbout(tapFrames(t, tap, 2*time.Second), "10.231.2.50") {
+		t.Error("the LAN's reply to the guest was not forwarded into the bridge")
+	}
+
+	// A restarted helper keeps the guard (here: writes it again).
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.DelTable(natTable(uplinkTable))
+	if err := c.Flush(); err != nil {
+		t.Fatalf("deleting the guard: %v", err)
+	}
+	// Control: without the guard, the same packet is forwarded.
+	if !reachesFar("without the guard") {
+		t.Fatal("control: without the guard the LAN's packet still did not reach the far network")
+	}
+	startHelper(t, func(c *Config) { c.StateFile = hs.stateFile })
+	if reachesFar("after a restart") {
+		t.Error("the guard did not come back with a restarted helper")
+	}
+
+	// Host forwarding turned on (by an administrator, Docker, a VPN
+	// server): the host is a router by choice; the next nat.ensure lifts
+	// the guard and forgets the uplink.
+	if err := os.WriteFile(hostForwarding, []byte("1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.EnsureNAT(ctx, helperapi.NATEnsureParams{Bridge: attacker.Bridge(), Subnet: attacker.Subnet}); err != nil {
+		t.Fatal(err)
+	}
+	if !reachesFar("with host forwarding") {
+		t.Error("the guard stayed with host forwarding on")
+	}
+	if state, _ := os.ReadFile(hs.stateFile); strings.Contains(string(state), "up0") {
+		t.Errorf("the uplink is still recorded:\n%s", state)
 	}
 }

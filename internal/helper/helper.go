@@ -77,6 +77,9 @@ func New(cfg Config) (*Helper, error) {
 	if err := h.reviewRecords(); err != nil {
 		return nil, err
 	}
+	if err := h.reviewUplinks(); err != nil {
+		return nil, err
+	}
 	return h, nil
 }
 

@@ -56,7 +56,8 @@ import (
 // the guests' traffic leaves by (the interfaces of the default routes; root
 // may name one, Egress), because the kernel decides whether to forward a
 // packet by the interface it came in on, and the replies come in on the
-// uplink.
+// uplink. An uplink the helper switched on forwards replies only
+// (uplink.go).
 
 // Chain names inside a bridge's table.
 const (
@@ -223,14 +224,15 @@ func (h *Helper) natEnsure(ctx context.Context, caller rpc.PeerCred, p helperapi
 		return res, err
 	}
 
-	// Forwarding for the bridge and the uplinks only.
-	ifaces := []string{p.Bridge}
+	// Forwarding for the bridge and the uplinks only, the uplinks guarded
+	// first (uplink.go) so that they forward replies and nothing else.
 	if p.Egress != "" {
-		ifaces = append(ifaces, p.Egress)
-	} else {
-		ifaces = append(ifaces, uplinks...)
+		uplinks = []string{p.Egress}
 	}
-	for _, i := range ifaces {
+	if err := h.guardUplinks(ctx, uplinks); err != nil {
+		return res, err
+	}
+	for _, i := range append([]string{p.Bridge}, uplinks...) {
 		changed, err := enableForwarding(i)
 		if err != nil {
 			return res, err
@@ -265,16 +267,20 @@ func parts(subnet netip.Prefix, bridge string) ruleParts {
 				&expr.Cmp{Op: op, Register: 1, Data: network},
 			}
 		},
-		ifMatch: func(key expr.MetaKey, name string) []expr.Any {
-			return []expr.Any{
-				&expr.Meta{Key: key, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(name)},
-			}
-		},
+		ifMatch: ifMatch,
 	}
 	rp.fromBridge = rp.ifMatch(expr.MetaKeyIIFNAME, bridge)
 	rp.toBridge = rp.ifMatch(expr.MetaKeyOIFNAME, bridge)
 	return rp
+}
+
+// ifMatch matches the packet's input or output interface name (key
+// MetaKeyIIFNAME or MetaKeyOIFNAME).
+func ifMatch(key expr.MetaKey, name string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(name)},
+	}
 }
 
 // ctEstablished matches conntrack state established or related (negated:

@@ -7,11 +7,13 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/rpc"
 )
 
@@ -44,10 +46,13 @@ type owners struct {
 	path string // "" keeps the records in memory only (unit tests)
 	mu   sync.RWMutex
 	m    map[string]uint32
+	// uplinks whose forwarding the helper switched on (uplink.go).
+	uplinks []string
 }
 
 type ownersFile struct {
-	Owners map[string]uint32 `json:"owners"`
+	Owners  map[string]uint32 `json:"owners"`
+	Uplinks []string          `json:"uplinks,omitempty"`
 }
 
 func ownerKey(kind, name string) string { return kind + "/" + name }
@@ -80,6 +85,11 @@ func loadOwners(path string) (*owners, error) {
 		return nil, fmt.Errorf("state file %s is corrupt (%v); move it aside to start with no records", path, err)
 	}
 	maps.Copy(o.m, f.Owners)
+	for _, u := range f.Uplinks {
+		if helperapi.ValidateIfName("uplink", u) == nil && !slices.Contains(o.uplinks, u) {
+			o.uplinks = append(o.uplinks, u)
+		}
+	}
 	legacy := false
 	for k := range o.m {
 		if strings.HasPrefix(k, kindNAT+"/") {
@@ -95,6 +105,25 @@ func loadOwners(path string) (*owners, error) {
 		}
 	}
 	return o, nil
+}
+
+// guardedUplinks returns the uplinks whose forwarding the helper switched on.
+func (o *owners) guardedUplinks() []string {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	return slices.Clone(o.uplinks)
+}
+
+// setUplinks records the uplinks whose forwarding the helper switched on.
+func (o *owners) setUplinks(ups []string) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	ups = slices.Compact(slices.Sorted(slices.Values(ups)))
+	if slices.Equal(ups, o.uplinks) {
+		return nil
+	}
+	o.uplinks = ups
+	return o.saveLocked()
 }
 
 // all returns a copy of the records, keyed kind/name.
@@ -141,7 +170,7 @@ func (o *owners) saveLocked() error {
 	if o.path == "" {
 		return nil
 	}
-	raw, err := json.MarshalIndent(ownersFile{Owners: o.m}, "", "  ")
+	raw, err := json.MarshalIndent(ownersFile{Owners: o.m, Uplinks: o.uplinks}, "", "  ")
 	if err != nil {
 		return err
 	}

@@ -277,15 +277,26 @@ func TestNATNetNS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(tables) != 1 || tables[0].Name != "banger0" {
-		t.Fatalf("tables %v", tables)
+	var names []string
+	for _, tb := range tables {
+		names = append(names, tb.Name)
 	}
+	slices.Sort(names)
+	// The bridge's, and the guard of the uplink whose forwarding the
+	// helper switched on (uplink.go).
+	if !slices.Equal(names, []string{"banger0", "banger_uplink"}) {
+		t.Fatalf("tables %v", names)
+	}
+	tables = slices.DeleteFunc(tables, func(tb *nftables.Table) bool { return tb.Name != "banger0" })
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
 	if err != nil {
 		t.Fatal(err)
 	}
 	hooks := map[string]string{}
 	for _, ch := range chains {
+		if ch.Table.Name != "banger0" {
+			continue
+		}
 		hooks[ch.Name] = string(ch.Type)
 		if ch.Hooknum == nil {
 			t.Errorf("chain %s is not a base chain", ch.Name)
@@ -310,6 +321,14 @@ func TestNATNetNS(t *testing.T) {
 	testutil.RequireTool(t, "nft")
 	out, err := exec.Command("nft", "list", "table", "ip", "banger0").CombinedOutput()
 	t.Logf("nft list table ip banger0:\n%s", out)
+	guard, gerr := exec.Command("nft", "list", "table", "ip", "banger_uplink").CombinedOutput()
+	t.Logf("nft list table ip banger_uplink:\n%s", guard)
+	if gerr != nil || !strings.Contains(string(guard), `iifname "up0" ct state ! established,related drop`) {
+		t.Errorf("the uplink guard is not as it should be (%v)", gerr)
+	}
+	if state, _ := os.ReadFile(hs.stateFile); !strings.Contains(string(state), `"uplinks": [`) || !strings.Contains(string(state), `"up0"`) {
+		t.Errorf("the state file does not record up0 as switched on:\n%s", state)
+	}
 	for _, want := range []string{
 		`iifname "banger0" ip saddr 10.77.0.0/24 ip daddr != 10.77.0.0/24 oifname "up0" masquerade`,
 		`iifname "banger0" ip saddr != 10.77.0.0/24 drop`,
@@ -335,6 +354,10 @@ func TestNATNetNS(t *testing.T) {
 	}
 	if r, err := hs.client.DeleteBridge(ctx, "banger0"); err != nil || !r.Deleted {
 		t.Fatalf("bridge.delete: %+v, %v", r, err)
+	}
+	// The uplink's guard stays with its forwarding.
+	if err := exec.Command("nft", "delete", "table", "ip", "banger_uplink").Run(); err != nil {
+		t.Errorf("no uplink guard after bridge.delete: %v", err)
 	}
 	if tables, _ := c.ListTablesOfFamily(nftables.TableFamilyIPv4); len(tables) != 0 {
 		t.Errorf("tables left after bridge.delete: %v", tables)

@@ -119,7 +119,10 @@ type NATResult struct {
 	// Created is true when the masquerade chain did not exist before.
 	Created bool `json:"created"`
 	// Forwarding lists the interfaces whose IPv4 forwarding this call
-	// turned on (the bridge and the uplinks; never net.ipv4.ip_forward).
+	// turned on: the bridge and the uplinks, each an interface of its own
+	// (never net.ipv4.ip_forward, conf/all or conf/default); an uplink so
+	// switched on forwards replies only (the helper's table ip
+	// banger_uplink).
 	Forwarding []string `json:"forwarding,omitempty"`
 }
 

@@ -139,8 +139,9 @@ PrivateTmp=yes
 PrivateDevices=yes
 BindPaths=/dev/net/tun
 DeviceAllow=/dev/net/tun rw
-# /proc/sys is read-only but for /proc/sys/net: per-interface forwarding and
-# the IPv6 settings of banger's bridges and TAPs (never net.ipv4.ip_forward).
+# /proc/sys is read-only but for /proc/sys/net: forwarding of banger's bridges
+# and of the uplinks (one interface each; never net.ipv4.ip_forward,
+# conf/all or conf/default) and the IPv6 settings of banger's bridges and TAPs.
 ProtectKernelTunables=yes
 ReadWritePaths=/proc/sys/net
 ProtectKernelModules=yes
