@@ -1199,3 +1199,80 @@ func TestUplinkNotARouterNetNS(t *testing.T) {
 		t.Errorf("the uplink is still recorded:\n%s", state)
 	}
 }
+
+// Finding 7: root's daemon cannot take over a user's network. Root's
+// bridge.ensure, tap.create and nat.ensure of a name in a grant's
+// namespace, or recorded to another uid, is a conflict (a root daemon
+// configured with bridge banger1 used to re-address user 1's bridge and
+// put root's TAPs on that user's segment); root's deletes still pass.
+func TestRootStaysOutOfGrantsNetNS(t *testing.T) {
+	if !testutil.InNetNS(t) {
+		return
+	}
+	testutil.RequireTool(t, "nft")
+	w := setupWorld(t)
+	root := w.hs.client
+	ctx := context.Background()
+	if _, err := root.EnsureBridge(ctx, helperapi.BridgeEnsureParams{Name: "banger0", CIDR: "10.77.0.1/24"}); err != nil {
+		t.Fatal(err)
+	}
+	conflict := []rpc.Code{rpc.CodeConflict}
+	attacks := []attack{
+		{"7", "root re-addresses the victim's bridge", rawCall(root, helperapi.MethodBridgeEnsure, helperapi.BridgeEnsureParams{Name: victim.Bridge(), CIDR: "10.78.0.1/24"}), conflict},
+		{"7", "root ensures the victim's bridge as it is", rawCall(root, helperapi.MethodBridgeEnsure, helperapi.BridgeEnsureParams{Name: victim.Bridge(), CIDR: victim.Gateway()}), conflict},
+		{"7", "root makes a granted bridge that does not exist yet", rawCall(root, helperapi.MethodBridgeEnsure, helperapi.BridgeEnsureParams{Name: attacker.Bridge(), CIDR: attacker.Gateway()}), conflict},
+		{"7", "root's TAP on the victim's bridge", rawCall(root, helperapi.MethodTapCreate, helperapi.TapCreateParams{Name: "tap-pool-0", Bridge: victim.Bridge()}), conflict},
+		{"7", "root's TAP in the victim's names", rawCall(root, helperapi.MethodTapCreate, helperapi.TapCreateParams{Name: victim.TapPrefix() + "root", Bridge: "banger0"}), conflict},
+		{"7", "root takes the victim's TAP", rawCall(root, helperapi.MethodTapCreate, helperapi.TapCreateParams{Name: victim.TapPrefix() + "pool-0", Bridge: "banger0"}), conflict},
+		{"7", "root rewrites the victim's NAT", rawCall(root, helperapi.MethodNATEnsure, helperapi.NATEnsureParams{Bridge: victim.Bridge(), Subnet: victim.Subnet}), conflict},
+	}
+	// The attacker's bridge goes (root cleans it up) so that ensuring it
+	// would make it: still refused.
+	if _, err := root.DeleteTap(ctx, attacker.TapPrefix()+"pool-0"); err != nil {
+		t.Errorf("root's delete of a user's TAP: %v", err)
+	}
+	if r, err := root.DeleteBridge(ctx, attacker.Bridge()); err != nil || !r.Deleted {
+		t.Errorf("root's delete of a user's bridge: %+v, %v", r, err)
+	}
+	before := hostState(t, w.hs)
+	for _, at := range attacks {
+		id := op.New()
+		err := at.call(op.With(context.Background(), id), w)
+		w.refusedOnce(t, "finding "+at.finding+": "+at.what, id, err, before, at.codes...)
+		if err != nil && rpc.HintOf(err) == "" {
+			t.Errorf("%s: no hint: %v", at.what, err)
+		}
+	}
+	// An object recorded to a user whose grant is gone is still refused
+	// to root's ensures.
+	hs2 := startHelper(t, func(c *Config) {
+		c.StateFile = w.hs.stateFile
+		c.Grants = helperapi.Grants{Users: []helperapi.Grant{attacker}}
+	})
+	for what, call := range map[string]func() error{
+		"the former victim's bridge": func() error {
+			_, err := hs2.client.EnsureBridge(ctx, helperapi.BridgeEnsureParams{Name: victim.Bridge(), CIDR: victim.Gateway()})
+			return err
+		},
+		"the former victim's TAP": func() error {
+			_, err := hs2.client.CreateTap(ctx, helperapi.TapCreateParams{Name: victim.TapPrefix() + "pool-0", Bridge: "banger0"})
+			return err
+		},
+	} {
+		err := call()
+		wantCode(t, "root's ensure of "+what, err, rpc.CodeConflict)
+		if err != nil && !strings.Contains(err.Error(), fmt.Sprintf("belongs to uid %d", victimUID)) {
+			t.Errorf("root's ensure of %s: %v does not name the owner", what, err)
+		}
+	}
+	if after := hostState(t, w.hs); after != before {
+		t.Errorf("root's refused ensures changed the host:\n%s", lineDiff(before, after))
+	}
+	// Root still removes anything.
+	if r, err := hs2.client.DeleteTap(ctx, victim.TapPrefix()+"pool-0"); err != nil || !r.Deleted {
+		t.Errorf("root's delete of the former victim's TAP: %+v, %v", r, err)
+	}
+	if r, err := hs2.client.DeleteBridge(ctx, victim.Bridge()); err != nil || !r.Deleted {
+		t.Errorf("root's delete of the former victim's bridge: %+v, %v", r, err)
+	}
+}

@@ -166,6 +166,9 @@ func bridgeSubnet(br netlink.Link) (netip.Prefix, error) {
 func (h *Helper) natEnsure(ctx context.Context, caller rpc.PeerCred, p helperapi.NATEnsureParams) (helperapi.NATResult, error) {
 	var res helperapi.NATResult
 	subnet := netip.MustParsePrefix(p.Subnet) // validated
+	if err := h.rootStaysOut(caller, kindBridge, p.Bridge); err != nil {
+		return res, err
+	}
 	br, err := h.callersBridge(caller, p.Bridge)
 	if err != nil {
 		return res, err

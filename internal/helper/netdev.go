@@ -64,11 +64,37 @@ func (h *Helper) checkSubnetFree(caller rpc.PeerCred, bridge string, subnet neti
 	return nil
 }
 
+// rootStaysOut refuses root's ensure of a name that is a user's: in a
+// grant's namespace (its bridge, its TAP prefix) or recorded to another
+// uid. A root daemon configured with a user's bridge would otherwise take
+// it over, re-address it and put its TAPs on that user's segment. Root's
+// deletes are not checked: root may clean up anything.
+func (h *Helper) rootStaysOut(caller rpc.PeerCred, kind, name string) error {
+	if caller.UID != 0 {
+		return nil
+	}
+	hint := "a root bangerd's network is its config's (network.bridge, default banger0, TAPs tap-*); choose names no grant has (" + helperapi.DefaultGrantsFile + ")"
+	for _, g := range h.grants.Users {
+		if kind == kindBridge && name == g.Bridge() || kind == kindTap && strings.HasPrefix(name, g.TapPrefix()) {
+			return rpc.WithHint(fmt.Errorf("%s %s is in the network granted to %s (uid %d, bridge %s, TAPs %s*), not root's to make or change: %w",
+				kind, name, g.User, g.UID, g.Bridge(), g.TapPrefix(), rpc.ErrConflict), hint)
+		}
+	}
+	if uid, ok := h.owners.owner(kind, name); ok && uid != 0 {
+		return rpc.WithHint(fmt.Errorf("%s %s belongs to uid %d, not root's to make or change: %w", kind, name, uid, rpc.ErrConflict),
+			hint+"; or, if uid "+fmt.Sprint(uid)+" is done with it, "+removeHint(kind, name))
+	}
+	return nil
+}
+
 // bridgeEnsure makes the bridge exist, carry exactly the IPv4 address
 // p.CIDR, have IPv6 off and be up.
 func (h *Helper) bridgeEnsure(ctx context.Context, caller rpc.PeerCred, p helperapi.BridgeEnsureParams) (helperapi.BridgeResult, error) {
 	var res helperapi.BridgeResult
 	prefix := netip.MustParsePrefix(p.CIDR) // validated
+	if err := h.rootStaysOut(caller, kindBridge, p.Name); err != nil {
+		return res, err
+	}
 
 	// Measure.
 	l, err := h.measure(kindBridge, p.Name)
@@ -270,6 +296,12 @@ func (h *Helper) callersBridge(caller rpc.PeerCred, name string) (netlink.Link, 
 // IPv6 off, attached to the caller's bridge p.Bridge and up.
 func (h *Helper) tapCreate(ctx context.Context, caller rpc.PeerCred, p helperapi.TapCreateParams) (helperapi.TapResult, error) {
 	var res helperapi.TapResult
+	if err := h.rootStaysOut(caller, kindTap, p.Name); err != nil {
+		return res, err
+	}
+	if err := h.rootStaysOut(caller, kindBridge, p.Bridge); err != nil {
+		return res, err
+	}
 	br, err := h.callersBridge(caller, p.Bridge)
 	if err != nil {
 		return res, err
