@@ -100,9 +100,13 @@ func (a *app) systemInstall(cmd *cobra.Command, o installOptions) error {
 	if err != nil {
 		return err
 	}
+	subuids, err := subid.Read(subid.UIDFile)
+	if err != nil {
+		return err
+	}
 	var added []helperapi.Grant
 	for _, name := range o.users {
-		g, err := grantFor(grants, name, o.subnet, uses)
+		g, err := grantFor(grants, name, o.subnet, uses, subuids)
 		if err != nil {
 			return err
 		}
@@ -131,7 +135,7 @@ func (a *app) systemInstall(cmd *cobra.Command, o installOptions) error {
 	}
 	r := &runner.Exec{}
 	for _, g := range added {
-		if err := ensureSubIDs(cmd.Context(), r, g.User); err != nil {
+		if err := ensureSubIDs(cmd.Context(), r, g.User, systemIDFiles); err != nil {
 			return err
 		}
 	}
@@ -174,8 +178,10 @@ var firstSubnet = netip.MustParsePrefix("172.30.78.0/24")
 // grantFor is name's grant: its existing one (moved to subnet when given),
 // or a new one with the lowest free network number and the given subnet or
 // the first free default one. A subnet must overlap no other grant and
-// nothing the host uses (but the user's own bridge).
-func grantFor(gs helperapi.Grants, name, subnet string, uses []hostnet.Use) (helperapi.Grant, error) {
+// nothing the host uses (but the user's own bridge). A user whose uid lies
+// in anyone's subordinate uid range (subuids) gets none: that range's
+// owner could act as the user to the helper.
+func grantFor(gs helperapi.Grants, name, subnet string, uses []hostnet.Use, subuids []subid.Range) (helperapi.Grant, error) {
 	u, err := user.Lookup(name)
 	if err != nil {
 		return helperapi.Grant{}, usageErrorf("--user %q: %v", name, err)
@@ -183,6 +189,14 @@ func grantFor(gs helperapi.Grants, name, subnet string, uses []hostnet.Use) (hel
 	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
 	if uid == 0 {
 		return helperapi.Grant{}, usageErrorf("--user %s: root needs no grant (a root bangerd uses its config's network)", name)
+	}
+	if in := subid.Containing(subuids, uid); len(in) > 0 {
+		r := in[0]
+		return helperapi.Grant{}, rpc.WithHint(rpc.Errorf(rpc.ErrConflict,
+			"uid %d of %s lies in %s's subordinate uids %d-%d (%s): %s could act as %s to the helper, so %s gets no grant",
+			uid, name, r.Owner, r.Start, r.Last(), subid.UIDFile, r.Owner, name, name),
+			fmt.Sprintf("move %s's range off uid %d first: sudo usermod --del-subuids %d-%d %s, then give %s a free range (sudo banger system install --user %s does)",
+				r.Owner, uid, r.Start, r.Last(), r.Owner, r.Owner, r.Owner))
 	}
 	g, had := gs.For(uint32(uid))
 	if !had {
@@ -234,12 +248,30 @@ func grantFor(gs helperapi.Grants, name, subnet string, uses []hostnet.Use) (hel
 	return g, g.Validate()
 }
 
+// idFiles are the files ensureSubIDs reads.
+type idFiles struct{ subuid, subgid, passwd, group string }
+
+var systemIDFiles = idFiles{subid.UIDFile, subid.GIDFile, subid.PasswdFile, subid.GroupFile}
+
 // ensureSubIDs gives name a subordinate uid and gid range of 65536 in
 // /etc/subuid and /etc/subgid when it has none (usermod picks nothing: the
-// range starts after the highest one in use, at 100000 or more), for
-// unprivileged image builds (mmdebstrap --mode=unshare).
-func ensureSubIDs(ctx context.Context, r runner.Runner, name string) error {
-	for _, f := range []struct{ path, flag string }{{"/etc/subuid", "--add-subuids"}, {"/etc/subgid", "--add-subgids"}} {
+// range starts after the highest one in use, at 100000 or more, and holds
+// no uid or gid of /etc/passwd, /etc/group or name's own, so that it lets
+// name act as no other account), for unprivileged image builds (mmdebstrap
+// --mode=unshare).
+func ensureSubIDs(ctx context.Context, r runner.Runner, name string, files idFiles) error {
+	taken, err := subid.AccountIDs(files.passwd, files.group)
+	if err != nil {
+		return err
+	}
+	if u, err := user.Lookup(name); err == nil {
+		for _, s := range []string{u.Uid, u.Gid} {
+			if id, err := strconv.ParseUint(s, 10, 32); err == nil {
+				taken = append(taken, id)
+			}
+		}
+	}
+	for _, f := range []struct{ path, flag string }{{files.subuid, "--add-subuids"}, {files.subgid, "--add-subgids"}} {
 		ranges, err := subid.Read(f.path)
 		if err != nil {
 			return err
@@ -247,7 +279,7 @@ func ensureSubIDs(ctx context.Context, r runner.Runner, name string) error {
 		if subid.Has(ranges, name, subid.Needed) {
 			continue
 		}
-		start := subid.Free(ranges, subid.Needed)
+		start := subid.Free(ranges, subid.Needed, taken)
 		spec := fmt.Sprintf("%d-%d", start, start+subid.Needed-1)
 		if _, err := r.Run(ctx, "usermod", f.flag, spec, "--", name); err != nil {
 			return rpc.WithHint(fmt.Errorf("giving %s the subordinate ids %s in %s: %w", name, spec, f.path, err),

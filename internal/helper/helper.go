@@ -36,6 +36,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/rpc"
+	"github.com/banger-dev/banger/internal/subid"
 	"github.com/banger-dev/banger/internal/version"
 )
 
@@ -49,6 +50,10 @@ type Config struct {
 	StateFile string
 	// Logger receives the per-call lines and the helper's own.
 	Logger *slog.Logger
+	// SubUIDs are the host's subordinate uid ranges (/etc/subuid): a grant
+	// whose uid lies in one is warned of at start, since that range's
+	// owner can act as the grant's user (SO_PEERCRED shows the mapped uid).
+	SubUIDs []subid.Range
 }
 
 // Helper serves the helper's methods.
@@ -74,6 +79,15 @@ func New(cfg Config) (*Helper, error) {
 		return nil, err
 	}
 	h := &Helper{grants: cfg.Grants, owners: o, log: cfg.Logger}
+	for _, g := range cfg.Grants.Users {
+		for _, r := range subid.Containing(cfg.SubUIDs, uint64(g.UID)) {
+			h.log.Warn("granted uid inside a subordinate uid range", "user", g.User, "uid", g.UID,
+				"range_owner", r.Owner, "range", fmt.Sprintf("%d-%d", r.Start, r.Last()),
+				"why", fmt.Sprintf("%s can map uid %d in a user namespace and call the helper as %s", r.Owner, g.UID, g.User),
+				"hint", fmt.Sprintf("move the range: sudo usermod --del-subuids %d-%d %s, then sudo banger system install --user %s gives %s a free one",
+					r.Start, r.Last(), r.Owner, r.Owner, r.Owner))
+		}
+	}
 	if err := h.reviewRecords(); err != nil {
 		return nil, err
 	}

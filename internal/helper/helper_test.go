@@ -3,6 +3,7 @@ package helper
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,8 +11,10 @@ import (
 	"testing"
 
 	"github.com/banger-dev/banger/internal/helperapi"
+	"github.com/banger-dev/banger/internal/logging"
 	"github.com/banger-dev/banger/internal/op"
 	"github.com/banger-dev/banger/internal/rpc"
+	"github.com/banger-dev/banger/internal/subid"
 	"github.com/banger-dev/banger/internal/version"
 )
 
@@ -48,6 +51,33 @@ func TestAuthorize(t *testing.T) {
 		if err != nil && rpc.CodeOf(err) != rpc.CodeForbidden {
 			t.Errorf("uid %d: code %s", uid, rpc.CodeOf(err))
 		}
+	}
+}
+
+// A grant whose uid lies in someone's subordinate uid range is warned of
+// at start (that range's owner can be the grant's user to the helper),
+// naming both and the way out.
+func TestGrantInSubordinateRangeWarned(t *testing.T) {
+	log := &syncBuffer{}
+	_, err := New(Config{
+		Grants:  helperapi.Grants{Users: []helperapi.Grant{victim, attacker}},
+		Logger:  logging.New(log, slog.LevelInfo, "helper"),
+		SubUIDs: subid.Parse([]byte("mallory:60000:1000\nalice:100000:65536\n")),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var warned []string
+	for _, l := range log.lines(t) {
+		if l["msg"] == "granted uid inside a subordinate uid range" {
+			warned = append(warned, fmt.Sprint(l["user"], " ", l["range_owner"]))
+			if !strings.Contains(fmt.Sprint(l["hint"]), "usermod --del-subuids 60000-60999 mallory") {
+				t.Errorf("no way out in %v", l)
+			}
+		}
+	}
+	if !slices.Equal(warned, []string{"victim mallory", "attacker mallory"}) {
+		t.Errorf("warnings %v, want one for each grant inside mallory's range", warned)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/logging"
 	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/subid"
 	"github.com/banger-dev/banger/internal/version"
 )
 
@@ -66,7 +67,11 @@ func Run(ctx context.Context, o Options, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	h, err := New(Config{Grants: grants, StateFile: o.StateFile, Logger: logger})
+	subuids, err := subid.Read(subid.UIDFile)
+	if err != nil {
+		logger.Warn("reading the subordinate uid ranges", "error", err.Error())
+	}
+	h, err := New(Config{Grants: grants, StateFile: o.StateFile, Logger: logger, SubUIDs: subuids})
 	if err != nil {
 		return err
 	}

@@ -19,8 +19,8 @@ import (
 
 // Files of subordinate ids (subuid(5), subgid(5)).
 const (
-	SubUIDFile = "/etc/subuid"
-	SubGIDFile = "/etc/subgid"
+	SubUIDFile = subid.UIDFile
+	SubGIDFile = subid.GIDFile
 )
 
 // MinSubIDs is the smallest subordinate id range an image build accepts:
@@ -48,26 +48,65 @@ func SubIDs(file, user string, uid int) (SubIDRange, error) {
 	if err != nil {
 		return SubIDRange{}, err
 	}
-	byUID := false
-	for _, r := range ranges {
-		if r.Owner == strconv.Itoa(uid) {
-			byUID = true
-		}
-		if r.Owner != user {
-			continue
-		}
-		// mmdebstrap uses the first entry of the user only.
+	// mmdebstrap uses the first entry of the user only.
+	if r, ok := subid.First(ranges, user); ok {
 		got := SubIDRange{Start: r.Start, Count: r.Count}
 		if r.Count < MinSubIDs {
 			return got, fmt.Errorf("%s: %s has %d subordinate ids, fewer than the %d an image build needs: %w", file, user, r.Count, MinSubIDs, ErrNoSubIDs)
 		}
 		return got, nil
 	}
-	if byUID {
+	if _, byUID := subid.First(ranges, strconv.Itoa(uid)); byUID {
 		return SubIDRange{}, fmt.Errorf("%s lists uid %d but not the name %s, and mmdebstrap looks users up by name: %w", file, uid, user, ErrNoSubIDs)
 	}
 	return SubIDRange{}, fmt.Errorf("%s has no entry for %s: %w", file, user, ErrNoSubIDs)
 }
+
+// SubIDOverlaps lists what lets one account act as another through
+// subordinate ids, as it concerns user (uid, gid): a subordinate range of
+// anyone's over user's uid (in SubUIDFile) or gid (in SubGIDFile), so that
+// its owner can be user to the root helper or open user's TAPs; and user's
+// own first ranges over another account's uid (/etc/passwd) or gid
+// (/etc/group). Each line names the range, its owner and the account. Files
+// that cannot be read are skipped (the other checks report them).
+func SubIDOverlaps(user string, uid, gid uint64) []string {
+	return subIDOverlaps(SubUIDFile, SubGIDFile, subid.PasswdFile, subid.GroupFile, user, uid, gid)
+}
+
+func subIDOverlaps(subuid, subgid, passwd, group, user string, uid, gid uint64) []string {
+	var out []string
+	for _, f := range []struct {
+		file, kind, accounts string
+		id                   uint64
+	}{{subuid, "uid", passwd, uid}, {subgid, "gid", group, gid}} {
+		ranges, err := subid.Read(f.file)
+		if err != nil {
+			continue
+		}
+		for _, r := range subid.Containing(ranges, f.id) {
+			out = append(out, fmt.Sprintf("%s's subordinate %ss %d-%d in %s hold %s's %s %d: %s can act as %s",
+				r.Owner, f.kind, r.Start, r.Last(), f.file, user, f.kind, f.id, r.Owner, user))
+		}
+		own, ok := subid.First(ranges, user)
+		if !ok {
+			continue
+		}
+		accounts, err := subid.Accounts(f.accounts)
+		if err != nil {
+			continue
+		}
+		for _, a := range accounts {
+			if own.Contains(a.ID) && a.Name != user {
+				out = append(out, fmt.Sprintf("%s's subordinate %ss %d-%d in %s hold %s %d of %s (%s): %s can act as %s",
+					user, f.kind, own.Start, own.Last(), f.file, f.kind, a.ID, a.Name, f.accounts, user, a.Name))
+			}
+		}
+	}
+	return out
+}
+
+// SubIDOverlapHint is what to do about SubIDOverlaps' findings.
+const SubIDOverlapHint = "root moves the range off the account's id (sudo usermod --del-subuids START-END --add-subuids NEWSTART-NEWEND OWNER, likewise --del-subgids/--add-subgids; a free range starts after the highest in the file and holds no id of /etc/passwd or /etc/group)"
 
 // UserNamespaces reports whether an unprivileged process may create a user
 // namespace: user.max_user_namespaces above 0 and, on kernels that have the

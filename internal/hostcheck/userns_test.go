@@ -72,3 +72,37 @@ func TestIDMapper(t *testing.T) {
 		}
 	}
 }
+
+// SubIDOverlaps names every range that lets one account act as another:
+// someone's range over the user's uid or gid, and the user's own range
+// over another account's ids.
+func TestSubIDOverlaps(t *testing.T) {
+	dir := t.TempDir()
+	w := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(text), 0o644)
+		return p
+	}
+	subuid := w("subuid", "mallory:100000:65536\nalice:200000:65536\n")
+	subgid := w("subgid", "mallory:300000:65536\nalice:400000:65536\n")
+	passwd := w("passwd", "root:x:0:0::/root:/bin/sh\nbob:x:150000:150000::/home/bob:/bin/sh\ncarol:x:210000:1000::/:/bin/sh\nalice:x:1001:1001::/:/bin/sh\n")
+	group := w("group", "root:x:0:\nbob:x:150000:\nproj:x:410000:\n")
+
+	// bob: his uid lies in mallory's subordinate uids.
+	got := subIDOverlaps(subuid, subgid, passwd, group, "bob", 150000, 150000)
+	if len(got) != 1 || !strings.Contains(got[0], "mallory's subordinate uids 100000-165535") || !strings.Contains(got[0], "mallory can act as bob") {
+		t.Errorf("bob: %q", got)
+	}
+	// alice: her ranges hold carol's uid and the group proj.
+	got = subIDOverlaps(subuid, subgid, passwd, group, "alice", 1001, 1001)
+	if len(got) != 2 || !strings.Contains(got[0], "uid 210000 of carol") || !strings.Contains(got[1], "gid 410000 of proj") {
+		t.Errorf("alice: %q", got)
+	}
+	// Nobody else is concerned.
+	if got := subIDOverlaps(subuid, subgid, passwd, group, "root", 0, 0); len(got) != 0 {
+		t.Errorf("root: %q", got)
+	}
+	if got := subIDOverlaps(filepath.Join(dir, "none"), filepath.Join(dir, "none"), passwd, group, "bob", 150000, 150000); len(got) != 0 {
+		t.Errorf("without subordinate id files: %q", got)
+	}
+}

@@ -58,6 +58,13 @@ func HostChecks(ctx context.Context, suite string) []hostcheck.Check {
 		} else {
 			add("subuid", hostcheck.OK, name+": "+strings.Join(ranges, ", "), "")
 		}
+		// A range over an account's id lets its owner act as that account
+		// (to the root helper, to a TAP's group): the host's to fix.
+		if o := hostcheck.SubIDOverlaps(name, uint64(os.Getuid()), uint64(os.Getgid())); len(o) > 0 {
+			add("subid overlap", hostcheck.Fail, strings.Join(o, "; "), hostcheck.SubIDOverlapHint)
+		} else {
+			add("subid overlap", hostcheck.OK, "no subordinate range holds "+name+"'s ids, nor do "+name+"'s hold another account's", "")
+		}
 		if ok, detail := hostcheck.UserNamespaces(); ok {
 			add("userns", hostcheck.OK, "unprivileged user namespaces allowed ("+detail+")", "")
 		} else {

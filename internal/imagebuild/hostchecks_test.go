@@ -33,7 +33,7 @@ func TestHostChecks(t *testing.T) {
 			t.Errorf("subuid as root: %+v", c)
 		}
 	} else {
-		for _, name := range []string{"uidmap", "userns"} {
+		for _, name := range []string{"uidmap", "userns", "subid overlap"} {
 			if _, ok := cs[name]; !ok {
 				t.Errorf("no %s check for a user", name)
 			}
