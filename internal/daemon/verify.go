@@ -43,8 +43,8 @@ func (d *Daemon) verify(ctx context.Context, _ noParams) (api.VerifyReport, erro
 	}
 	rep.VMs = len(vms)
 
-	n, known := d.network(ctx)
-	if known == nil {
+	n, netErr := d.network(ctx)
+	if netErr == nil {
 		links, _ := netlink.LinkList()
 		for _, l := range links {
 			name := l.Attrs().Name
@@ -103,7 +103,7 @@ func (d *Daemon) verify(ctx context.Context, _ noParams) (api.VerifyReport, erro
 		}
 	}
 
-	if br, err := netlink.LinkByName(n.Bridge); known == nil && err == nil {
+	if br, err := netlink.LinkByName(n.Bridge); netErr == nil && err == nil {
 		addrs, _ := netlink.AddrList(br, netlink.FAMILY_V4)
 		for _, a := range addrs {
 			ip, _ := netip.AddrFromSlice(a.IP.To4())
