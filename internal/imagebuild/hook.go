@@ -38,7 +38,7 @@ const envHookInner = "BANGER_IMAGEBUILD_HOOK_INNER"
 
 // hookProtocol is the version of hookParams and of the status lines; the
 // hook refuses another (a stale copy cannot misread a newer build).
-const hookProtocol = 1
+const hookProtocol = 2
 
 // The hook inherits no descriptor beyond its standard ones (mmdebstrap
 // runs dash with fixed descriptor numbers below 10, which more inherited
@@ -64,6 +64,10 @@ type hookParams struct {
 	Token  string `json:"token"`
 	// Agent is the copy of banger-agent in the work directory.
 	Agent string `json:"agent"`
+	// Scratch is where the hook makes the file systems before it copies
+	// them into the output files (Build's temp dir: every uid may write
+	// there, the namespace's root included).
+	Scratch string `json:"scratch"`
 }
 
 // validate checks the parameters as Spec.Validate does.
@@ -75,6 +79,9 @@ func (p hookParams) validate() error {
 		return err
 	}
 	if err := checkConfPath("agent", p.Agent); err != nil {
+		return err
+	}
+	if err := checkConfPath("scratch", p.Scratch); err != nil {
 		return err
 	}
 	if len(p.Token) != 32 {

@@ -137,11 +137,14 @@ func (m *fakeMounter) mountsUnder(dir string) []string {
 }
 
 // fdRunner resolves the /proc/self/fd/N arguments of each command to what
-// they name ("fd:PATH", or "memfd:CONTENT" for a memfd) before handing the
-// argv to a runner.Fake, then plays the command's side effect.
+// they name ("fd:PATH", "memfd:CONTENT" for a memfd, "scratch:NAME" for a
+// scratch file of the hook's under scratch, which has no name any more)
+// before handing the argv to a runner.Fake, then plays the command's side
+// effect.
 type fdRunner struct {
-	fake  *runner.Fake
-	sides func(argv []string) error
+	fake    *runner.Fake
+	scratch string
+	sides   func(argv []string) error
 }
 
 func (r *fdRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
@@ -163,6 +166,10 @@ func (r *fdRunner) Run(ctx context.Context, name string, args ...string) ([]byte
 			resolved[i] = "memfd:" + string(b)
 			continue
 		}
+		if rest, ok := strings.CutPrefix(target, r.scratch+"/banger-pack-"); ok && strings.HasSuffix(rest, " (deleted)") {
+			resolved[i] = "scratch:" + filepath.Base(strings.TrimSuffix(rest, " (deleted)"))
+			continue
+		}
 		resolved[i] = "fd:" + target
 	}
 	out, err := r.fake.Run(ctx, resolved[0], resolved[1:]...)
@@ -175,9 +182,10 @@ func (r *fdRunner) Run(ctx context.Context, name string, args ...string) ([]byte
 // hookHarness is a hook on a miniature tree with fake commands and mounts,
 // its outputs in a temp dir, its status in a buffer.
 type hookHarness struct {
-	h      *hook
-	tree   string
-	outDir string
+	h       *hook
+	tree    string
+	outDir  string
+	scratch string
 	fake   *runner.Fake
 	mnt    *fakeMounter
 	log    *bytes.Buffer
@@ -201,12 +209,15 @@ func newHookHarness(t *testing.T, variant string) *hookHarness {
 	if err := os.WriteFile(agent, []byte(fakeAgent), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	hh := &hookHarness{tree: tree, outDir: outDir, fake: &runner.Fake{}, log: &bytes.Buffer{}, status: &bytes.Buffer{}}
+	scratch := filepath.Join(base, "scratch")
+	os.Mkdir(scratch, 0o1777)
+	hh := &hookHarness{tree: tree, outDir: outDir, scratch: scratch, fake: &runner.Fake{}, log: &bytes.Buffer{}, status: &bytes.Buffer{}}
 	hh.mnt = &fakeMounter{t: t, tree: tree, mounts: []string{tree + "/proc", tree + "/sys", tree + "/sys/fs/cgroup", tree + "/dev/null"}}
 	hh.h = &hook{
 		path:   tree,
-		params: hookParams{Protocol: hookProtocol, Suite: "bookworm", Mirror: "http://deb.debian.org/debian", SecurityMirror: "http://deb.debian.org/debian-security", Variant: variant, Agent: agent},
-		run: &fdRunner{fake: hh.fake, sides: func(argv []string) error {
+		params: hookParams{Protocol: hookProtocol, Suite: "bookworm", Mirror: "http://deb.debian.org/debian", SecurityMirror: "http://deb.debian.org/debian-security", Variant: variant, Agent: agent,
+			Scratch: scratch},
+		run: &fdRunner{fake: hh.fake, scratch: scratch, sides: func(argv []string) error {
 			if argv[0] != "mke2fs" {
 				return nil
 			}
@@ -254,14 +265,18 @@ func TestHookSteps(t *testing.T) {
 	hh := newHookHarness(t, "")
 	tree, out := hh.tree, hh.outDir
 	hh.fake.Expect("chroot", tree, "update-initramfs", "-c", "-k", testKver)
+	// The commands work on the hook's own scratch files (unnamed: nothing
+	// can link them), never on the output files, which the hook fills
+	// through their descriptors; so the output files can stay 0600, the
+	// daemon's user's only, while the build runs.
 	hh.fake.Expect("mke2fs", "-q", "-F", "-t", "ext4", "-T", "default", "-L", "banger-work", "-m", "0", "-E", "root_owner=0:0",
-		"-d", "fd:"+tree+"/root", "fd:"+out+"/work-seed.ext4", "16M")
-	hh.fake.Expect("debugfs", "-w", "-R", "sif / mode 040700", "fd:"+out+"/work-seed.ext4")
+		"-d", "fd:"+tree+"/root", "scratch:work-seed.ext4", "16M")
+	hh.fake.Expect("debugfs", "-w", "-R", "sif / mode 040700", "scratch:work-seed.ext4")
 	hh.fake.Expect("mke2fs", "-q", "-F", "-t", "ext4", "-T", "default", "-L", "banger-root", "-m", "0", "-E", "root_owner=0:0",
-		"-d", tree, "fd:"+out+"/rootfs.ext4", "65M")
-	hh.fake.Expect("debugfs", "-w", "-f", "memfd:"+devRequests(), "fd:"+out+"/rootfs.ext4")
-	hh.fake.Expect("e2fsck", "-fn", "fd:"+out+"/rootfs.ext4")
-	hh.fake.Expect("e2fsck", "-fn", "fd:"+out+"/work-seed.ext4")
+		"-d", tree, "scratch:rootfs.ext4", "65M")
+	hh.fake.Expect("debugfs", "-w", "-f", "memfd:"+devRequests(), "scratch:rootfs.ext4")
+	hh.fake.Expect("e2fsck", "-fn", "scratch:rootfs.ext4")
+	hh.fake.Expect("e2fsck", "-fn", "scratch:work-seed.ext4")
 
 	if err := hh.h.runSteps(context.Background(), &statusWriter{w: hh.status}); err != nil {
 		t.Fatalf("hook: %v\n%s", err, hh.log)
@@ -326,6 +341,22 @@ func TestHookSteps(t *testing.T) {
 	}
 	if sizes[OutRootfs] != 65<<20 || sizes[OutWorkSeed] != 16<<20 {
 		t.Errorf("sizes %v", sizes)
+	}
+	// What mke2fs wrote (in the scratch file) is what the output holds.
+	if img, _ := os.ReadFile(filepath.Join(out, OutRootfs)); len(img) != 65<<20 || string(img[1024:1024+15]) != "ext4 superblock" || string(img[len(img)-3:]) != "end" {
+		t.Errorf("rootfs.ext4 does not hold what mke2fs made")
+	}
+	// Nothing is left in the scratch directory, and the outputs are 0600
+	// with one link each.
+	if ents, _ := os.ReadDir(hh.scratch); len(ents) != 0 {
+		t.Errorf("scratch left: %v", ents)
+	}
+	for _, name := range outNames {
+		var st syscall.Stat_t
+		syscall.Stat(filepath.Join(out, name), &st)
+		if st.Mode&0o777 != 0o600 || st.Nlink != 1 {
+			t.Errorf("%s: mode %o, %d links while building, want 0600 and 1", name, st.Mode&0o777, st.Nlink)
+		}
 	}
 	if got, _ := os.ReadFile(filepath.Join(out, OutKernel)); !strings.HasPrefix(string(got), "MZ kernel") || len(got) != 70000+len("MZ kernel ") {
 		t.Errorf("vmlinuz: %d bytes", len(got))

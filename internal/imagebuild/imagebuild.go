@@ -121,8 +121,11 @@ type Options struct {
 	// binary whose main calls RunHook when IsHook); "" is this process's
 	// own executable. Build runs a copy of it.
 	Hook string
-	// TempDir is where the build's temporary directory goes; "" is
-	// DefaultTempDir.
+	// TempDir is where the build's temporary directory goes, and the
+	// hook's scratch files (unnamed while used); "" is DefaultTempDir. For
+	// a build as a user every uid must be able to write there (the
+	// namespace's root is a subordinate uid): sticky and world-writable,
+	// as /var/tmp.
 	TempDir string
 	// Keyrings pins each suite's keyring; nil is DefaultKeyrings.
 	Keyrings Keyrings
@@ -257,7 +260,7 @@ func Build(ctx context.Context, spec Spec, o Options) (res Result, err error) {
 	}
 	params, _ := json.Marshal(hookParams{
 		Protocol: hookProtocol, Suite: spec.Suite, Mirror: spec.Mirror, SecurityMirror: spec.SecurityMirror,
-		Variant: spec.Variant, RootfsSize: spec.RootfsSize, Socket: w.socket, Token: token, Agent: w.agent,
+		Variant: spec.Variant, RootfsSize: spec.RootfsSize, Socket: w.socket, Token: token, Agent: w.agent, Scratch: tempDir,
 	})
 	argv := mmdebstrapArgv(spec, keyring, w.trusted, w.hook)
 	pkgs := spec.AllPackages()
@@ -543,77 +546,79 @@ type outputFiles struct {
 }
 
 // createOutputs creates the output files anew in dir (O_EXCL|O_NOFOLLOW:
-// an existing file or symlink is never overwritten or followed). For a
-// build as a user they are mode 0666 while the build runs: the hook's
-// commands (mke2fs, e2fsck, debugfs) reopen them through /proc/self/fd/N,
-// and to the kernel the namespace's root is a subordinate uid, "other" to
-// the files' owner, whom the namespace does not map. No other user can
-// reach them: dir is the daemon's 0700 image directory, and opening by a
-// descriptor's magic link is open to the holders of the descriptor (the
-// build's namespace) only. finish makes them 0644. A root build needs
-// none of this; its files stay 0600 until then.
+// an existing file or symlink is never overwritten or followed), mode 0600
+// until finish: nobody but the daemon's user may open them, and the hook
+// writes them only through the descriptors it is passed (it makes the file
+// systems in scratch files of its own and copies them in), so no command
+// reopens them. finish makes them 0644, after checking that nothing linked
+// them elsewhere meanwhile.
 func createOutputs(dir string) (*outputFiles, error) {
 	o := &outputFiles{dir: dir}
-	mode := uint32(0o666)
-	if os.Geteuid() == 0 {
-		mode = 0o600
+	fail := func(err error) (*outputFiles, error) {
+		o.remove()
+		o.close()
+		return nil, err
 	}
 	for _, name := range outNames {
 		p := filepath.Join(dir, name)
 		fd, err := unix.Open(p, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		if err != nil {
-			o.remove()
-			o.close()
 			if errors.Is(err, unix.EEXIST) {
-				return nil, fmt.Errorf("%s already exists: %w", p, rpc.ErrConflict)
+				return fail(rpc.WithHint(fmt.Errorf("%s already exists: %w", p, rpc.ErrConflict), "remove it, or build under another name"))
 			}
-			return nil, fmt.Errorf("creating %s: %w", p, err)
+			return fail(fmt.Errorf("creating %s: %w", p, err))
 		}
 		f := os.NewFile(uintptr(fd), p)
 		var st unix.Stat_t
 		if err := unix.Fstat(fd, &st); err != nil {
 			f.Close()
-			o.remove()
-			o.close()
-			return nil, err
+			return fail(fmt.Errorf("fstat %s: %w", p, err))
 		}
 		o.files = append(o.files, f)
 		o.ids = append(o.ids, [2]uint64{st.Dev, st.Ino})
-		if err := unix.Fchmod(fd, mode); err != nil {
-			o.remove()
-			o.close()
-			return nil, err
+		// The umask may have taken bits; it cannot have added any.
+		if err := unix.Fchmod(fd, 0o600); err != nil {
+			return fail(fmt.Errorf("chmod 0600 %s: %w", p, err))
 		}
 	}
 	return o, nil
 }
 
-// finish checks each file holds something, makes it 0644 and syncs it; it
-// returns the sizes.
+// finish checks each file: still one link (a hard link made during the
+// build, say through /proc/self/fd/N by a process of the build, would let
+// whoever can reach it read or write the image later), and not empty; then
+// makes it 0644 and syncs it. It returns the sizes.
 func (o *outputFiles) finish() ([]int64, error) {
 	var sizes []int64
 	for i, f := range o.files {
-		fi, err := f.Stat()
-		if err != nil {
-			return nil, err
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			return nil, fmt.Errorf("fstat %s: %w", f.Name(), err)
 		}
-		if fi.Size() == 0 {
+		if st.Nlink != 1 {
+			return nil, rpc.WithHint(fmt.Errorf("%s has %d links, want 1: something in the build linked it elsewhere, so the image is not used", f.Name(), st.Nlink),
+				"look for a file with its inode number (find / -xdev -inum "+strconv.FormatUint(st.Ino, 10)+"), remove it, and build again")
+		}
+		if st.Size == 0 {
 			return nil, fmt.Errorf("%s is empty", outNames[i])
 		}
 		if err := f.Chmod(0o644); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("chmod 0644 %s: %w", f.Name(), err)
 		}
 		if err := f.Sync(); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("syncing %s: %w", f.Name(), err)
 		}
-		sizes = append(sizes, fi.Size())
+		sizes = append(sizes, st.Size)
 	}
 	d, err := os.Open(o.dir)
 	if err == nil {
 		err = d.Sync()
 		d.Close()
 	}
-	return sizes, err
+	if err != nil {
+		return nil, fmt.Errorf("syncing the image directory %s: %w", o.dir, err)
+	}
+	return sizes, nil
 }
 
 // remove deletes the files made (those still the same inode) after a

@@ -92,11 +92,38 @@ func roundMiB(n int64) int64 { return (n + 1<<20 - 1) &^ (1<<20 - 1) }
 
 // fdPath names an open file for a command the hook runs, which inherits
 // the descriptor (inheritable clears its close-on-exec flag): the command
-// reopens the very file, whatever its path. For a build as a user the
-// output files are the user's, whom the namespace does not map, so the
-// reopen is allowed by their mode (0666 while the build runs; see
-// Build).
+// reopens the very file, whatever its path. The files so named are the
+// hook's own (the tree, its scratch files, a memfd), never the output
+// files: those are the daemon's user's, 0600, and a subordinate uid may not
+// reopen them; the hook writes them through their descriptors.
 func fdPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
+
+// scratchFile is an empty file of the hook's own in a fresh 0700 directory
+// under dir, with no name by the time it is returned: the name and the
+// directory are removed at once (the file lives while it is open, so
+// nothing is left behind, whatever ends the hook, and an unlinked file
+// cannot be linked back into a directory). Commands reach it through
+// fdPath.
+func scratchFile(dir, name string) (*os.File, error) {
+	d, err := os.MkdirTemp(dir, "banger-pack-")
+	if err != nil {
+		return nil, fmt.Errorf("making a scratch directory under %s (the build's temp dir; the namespace's root must be able to write there): %w", dir, err)
+	}
+	defer os.RemoveAll(d)
+	if err := os.Chmod(d, 0o700); err != nil {
+		return nil, fmt.Errorf("chmod 0700 %s: %w", d, err)
+	}
+	p := filepath.Join(d, name)
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("creating scratch file %s: %w", p, err)
+	}
+	if err := os.Remove(p); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("unlinking scratch file %s: %w", p, err)
+	}
+	return f, nil
+}
 
 func inheritable(fd int) error {
 	_, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0)
@@ -111,7 +138,9 @@ type packed struct {
 // pack turns the configured tree into the image's files: the tree's /root
 // becomes work-seed.ext4, the rest rootfs.ext4 (with an empty /root
 // mountpoint and a plain /dev), the kernel, its config and the initrd are
-// copied out. The tree is seen through a private mount namespace (the
+// copied out. The file systems are made and checked in scratch files of
+// the hook's own (scratchFile) and copied, sparse, into the output files'
+// descriptors, which no command is given. The tree is seen through a private mount namespace (the
 // hook's): mmdebstrap's /proc, /sys and /dev mounts are detached there and
 // tmpfs mounts hide /root and /dev, so mke2fs -d copies what the image
 // should hold and mmdebstrap's own cleanup afterwards finds its mounts and
@@ -125,7 +154,7 @@ func (h *hook) pack(ctx context.Context, c configured) (packed, error) {
 	defer unix.Close(rootFD)
 	var st unix.Stat_t
 	if err := unix.Fstat(rootFD, &st); err != nil {
-		return res, err
+		return res, fmt.Errorf("fstat of the tree's /root: %w", err)
 	}
 	homeMode := fs.FileMode(st.Mode & 0o777)
 
@@ -136,10 +165,20 @@ func (h *hook) pack(ctx context.Context, c configured) (packed, error) {
 		return res, err
 	}
 	seedSize := max(int64(workSeedSize), roundMiB(seedBytes*(100+rootfsSlackPct)/100+8<<20))
-	seedImg, rootfsImg := int(h.out.seed.Fd()), int(h.out.rootfs.Fd())
+	seed, err := scratchFile(h.params.Scratch, OutWorkSeed)
+	if err != nil {
+		return res, err
+	}
+	defer seed.Close()
+	rootfs, err := scratchFile(h.params.Scratch, OutRootfs)
+	if err != nil {
+		return res, err
+	}
+	defer rootfs.Close()
+	seedImg, rootfsImg := int(seed.Fd()), int(rootfs.Fd())
 	for _, fd := range []int{rootFD, seedImg, rootfsImg} {
 		if err := inheritable(fd); err != nil {
-			return res, err
+			return res, fmt.Errorf("passing descriptor %d to the commands: %w", fd, err)
 		}
 	}
 	if err := h.cmd(ctx, fmt.Sprintf("work-seed.ext4: %d MiB from /root", seedSize>>20),
@@ -181,11 +220,14 @@ func (h *hook) pack(ctx context.Context, c configured) (packed, error) {
 		return res, err
 	}
 	for _, c := range []struct {
-		name string
-		fd   int
-	}{{"rootfs.ext4", rootfsImg}, {"work-seed.ext4", seedImg}} {
-		if err := h.cmd(ctx, "checking "+c.name, "e2fsck", "-fn", fdPath(c.fd)); err != nil {
+		name     string
+		src, dst *os.File
+	}{{OutRootfs, rootfs, h.out.rootfs}, {OutWorkSeed, seed, h.out.seed}} {
+		if err := h.cmd(ctx, "checking "+c.name, "e2fsck", "-fn", fdPath(int(c.src.Fd()))); err != nil {
 			return res, err
+		}
+		if _, err := copySparse(c.dst, c.src); err != nil {
+			return res, fmt.Errorf("copying %s into the image directory: %w", c.name, err)
 		}
 	}
 
@@ -219,7 +261,7 @@ func (h *hook) pack(ctx context.Context, c configured) (packed, error) {
 	}
 	for _, f := range []*os.File{h.out.rootfs, h.out.seed, h.out.kernel, h.out.initrd, h.out.config} {
 		if err := f.Sync(); err != nil {
-			return res, err
+			return res, fmt.Errorf("syncing %s: %w", f.Name(), err)
 		}
 	}
 	res.RootfsSize, res.WorkSeedSize = rootfsSize, seedSize

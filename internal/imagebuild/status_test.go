@@ -183,13 +183,11 @@ func TestCreateOutputs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := os.FileMode(0o666)
-	if os.Geteuid() == 0 {
-		want = 0o600
-	}
+	// 0600 while building, as root or as a user (they used to be 0666 for
+	// a user, for commands that reopened them as a subordinate uid).
 	for _, f := range o.files {
-		if fi, _ := f.Stat(); fi.Mode().Perm() != want {
-			t.Errorf("%s: mode %v, want %v while building", f.Name(), fi.Mode(), want)
+		if fi, _ := f.Stat(); fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, want 0600 while building", f.Name(), fi.Mode())
 		}
 	}
 	if _, err := o.finish(); err == nil || !strings.Contains(err.Error(), "is empty") {
@@ -199,5 +197,36 @@ func TestCreateOutputs(t *testing.T) {
 	o.close()
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Errorf("left after remove: %v", ents)
+	}
+}
+
+// An output file linked elsewhere during the build (a process of the
+// build could do it through /proc/self/fd/N: linkat with
+// AT_SYMLINK_FOLLOW) fails the build at finish: the link would let
+// whoever reaches it read or write the image. It stays 0600.
+func TestFinishRefusesLinkedOutputs(t *testing.T) {
+	dir := t.TempDir()
+	o, err := createOutputs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.close()
+	for _, f := range o.files {
+		f.Write([]byte("image"))
+	}
+	elsewhere := filepath.Join(t.TempDir(), "stolen")
+	if err := os.Link(filepath.Join(dir, OutRootfs), elsewhere); err != nil {
+		t.Fatal(err)
+	}
+	_, err = o.finish()
+	if err == nil || !strings.Contains(err.Error(), "rootfs.ext4 has 2 links, want 1") || rpc.HintOf(err) == "" {
+		t.Fatalf("finish with a linked output: %v (hint %q)", err, rpc.HintOf(err))
+	}
+	if fi, _ := os.Stat(elsewhere); fi.Mode().Perm() != 0o600 {
+		t.Errorf("the linked file became %v", fi.Mode())
+	}
+	os.Remove(elsewhere)
+	if sizes, err := o.finish(); err != nil || len(sizes) != len(outNames) {
+		t.Errorf("finish after the link went: %v, %v", sizes, err)
 	}
 }
