@@ -186,10 +186,10 @@ type hookHarness struct {
 	tree    string
 	outDir  string
 	scratch string
-	fake   *runner.Fake
-	mnt    *fakeMounter
-	log    *bytes.Buffer
-	status *bytes.Buffer
+	fake    *runner.Fake
+	mnt     *fakeMounter
+	log     *bytes.Buffer
+	status  *bytes.Buffer
 }
 
 func newHookHarness(t *testing.T, variant string) *hookHarness {
@@ -214,7 +214,7 @@ func newHookHarness(t *testing.T, variant string) *hookHarness {
 	hh := &hookHarness{tree: tree, outDir: outDir, scratch: scratch, fake: &runner.Fake{}, log: &bytes.Buffer{}, status: &bytes.Buffer{}}
 	hh.mnt = &fakeMounter{t: t, tree: tree, mounts: []string{tree + "/proc", tree + "/sys", tree + "/sys/fs/cgroup", tree + "/dev/null"}}
 	hh.h = &hook{
-		path:   tree,
+		path: tree,
 		params: hookParams{Protocol: hookProtocol, Suite: "bookworm", Mirror: "http://deb.debian.org/debian", SecurityMirror: "http://deb.debian.org/debian-security", Variant: variant, Agent: agent,
 			Scratch: scratch},
 		run: &fdRunner{fake: hh.fake, scratch: scratch, sides: func(argv []string) error {
