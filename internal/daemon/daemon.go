@@ -124,6 +124,7 @@ func Run(ctx context.Context, opts Options) error {
 		d.adoptPool(ctx, n)
 	}
 	go d.monitor(ctx)
+	d.probeKVMEarly(ctx)
 
 	d.log.Info("bangerd started",
 		"pid", os.Getpid(), "version", version.String(), "socket", l.DaemonSocket(),

@@ -25,14 +25,18 @@ type kvmCache struct {
 	api    *hostcheck.KVMResult
 	boot   *hostcheck.KVMResult
 	kernel string
+	fresh  bool // the next boot probe ignores the record (doctor)
 }
 
 // kvmVerdict returns whether KVM can run this host's guests. With a kernel
 // to try (an image's vmlinuz), the verdict is that of a real boot under
-// qemu; without one, the KVM API probe's, marked unconfirmed.
+// qemu (or the one recorded for it, kvmcache.go); without one, the KVM API
+// probe's, marked unconfirmed.
 func (d *Daemon) kvmVerdict(ctx context.Context, kernel string) (hostcheck.KVMResult, bool) {
 	d.kvm.mu.Lock()
 	defer d.kvm.mu.Unlock()
+	fresh := d.kvm.fresh
+	d.kvm.fresh = false
 	if d.kvm.api == nil {
 		r := hostcheck.ProbeKVM()
 		d.kvm.api = &r
@@ -46,11 +50,32 @@ func (d *Daemon) kvmVerdict(ctx context.Context, kernel string) (hostcheck.KVMRe
 		if err != nil {
 			return *d.kvm.api, false
 		}
+		key, stable := newKVMKey(qemu, kernel)
+		if r, ok := d.rememberedKVM(key); ok && stable && !fresh {
+			d.kvm.boot, d.kvm.kernel = &r, kernel
+			d.log.InfoContext(ctx, "kvm boot probe: the verdict recorded this host boot", "usable", r.Usable, "detail", r.Detail, "kernel", kernel, "record", d.kvmRecordPath())
+			return r, true
+		}
 		r := hostcheck.ProbeKVMBoot(ctx, qemu, kernel, 8*time.Second)
+		if ctx.Err() != nil { // cut short: no verdict
+			return *d.kvm.api, false
+		}
 		d.kvm.boot, d.kvm.kernel = &r, kernel
 		d.log.InfoContext(ctx, "kvm boot probe", "usable", r.Usable, "detail", r.Detail, "kernel", kernel)
+		if stable {
+			d.rememberKVM(key, r)
+		}
 	}
 	return *d.kvm.boot, true
+}
+
+// probeKVMEarly makes the first create after a start find the KVM verdict
+// made (or recorded): it runs the boot probe in the background when there
+// is an image to boot.
+func (d *Daemon) probeKVMEarly(ctx context.Context) {
+	if k := d.probeKernel(ctx); k != "" {
+		go d.kvmVerdict(ctx, k)
+	}
 }
 
 // probeKernel picks a guest kernel for the KVM boot probe: the default
@@ -106,7 +131,7 @@ func (d *Daemon) doctor(ctx context.Context, _ noParams) (api.DoctorReport, erro
 
 	// KVM, for real: the API probe, then a guest kernel boot.
 	d.kvm.mu.Lock()
-	d.kvm.api, d.kvm.boot = nil, nil
+	d.kvm.api, d.kvm.boot, d.kvm.fresh = nil, nil, true
 	d.kvm.mu.Unlock()
 	kernel := d.probeKernel(ctx)
 	kvm, confirmed := d.kvmVerdict(ctx, kernel)
