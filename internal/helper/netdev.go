@@ -127,7 +127,7 @@ func (h *Helper) bridgeEnsure(ctx context.Context, caller rpc.PeerCred, p helper
 			return res, err
 		}
 		if l, err = netlink.LinkByName(p.Name); err != nil {
-			return res, fmt.Errorf("bridge %s: created but not found: %w", p.Name, err)
+			return res, verifyFailed(p.Name, fmt.Errorf("bridge %s: created but not found: %w", p.Name, err))
 		}
 	}
 	if err := ipv6Off(p.Name); err != nil {
@@ -149,17 +149,17 @@ func (h *Helper) bridgeEnsure(ctx context.Context, caller rpc.PeerCred, p helper
 
 	// Verify.
 	if l, err = netlink.LinkByName(p.Name); err != nil {
-		return res, fmt.Errorf("verifying bridge %s: %w", p.Name, err)
+		return res, verifyFailed(p.Name, fmt.Errorf("verifying bridge %s: %w", p.Name, err))
 	}
 	if l.Attrs().Flags&net.FlagUp == 0 {
-		return res, fmt.Errorf("verifying bridge %s: not up", p.Name)
+		return res, verifyFailed(p.Name, fmt.Errorf("verifying bridge %s: not up", p.Name))
 	}
 	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
 	if err != nil {
-		return res, fmt.Errorf("verifying bridge %s: %w", p.Name, err)
+		return res, verifyFailed(p.Name, fmt.Errorf("verifying bridge %s: %w", p.Name, err))
 	}
 	if len(addrs) != 1 || addrPrefix(addrs[0]) != prefix {
-		return res, fmt.Errorf("verifying bridge %s: addresses %v, want only %s", p.Name, addrs, prefix)
+		return res, verifyFailed(p.Name, fmt.Errorf("verifying bridge %s: addresses %v, want only %s", p.Name, addrs, prefix))
 	}
 	if created {
 		h.log.InfoContext(ctx, "bridge created", "bridge", p.Name, "cidr", p.CIDR, "owner", caller.UID)
@@ -256,6 +256,13 @@ func (h *Helper) deleteLink(ctx context.Context, caller rpc.PeerCred, kind, name
 	return helperapi.DeleteResult{Deleted: true}, nil
 }
 
+// verifyFailed is a check after an act that found the link not as the act
+// left it: something else changed it meanwhile (code internal: an
+// unexpected host failure), with what to look at.
+func verifyFailed(link string, err error) error {
+	return rpc.WithHint(err, "something else changed the link meanwhile (a network manager, another tool?); retry, and look at it with: ip -d addr show "+link)
+}
+
 // ownerOf is the recorded owner of kind/name, else the caller (who made
 // it, or claims it).
 func (h *Helper) ownerOf(kind, name string, caller rpc.PeerCred) uint32 {
@@ -342,7 +349,7 @@ func (h *Helper) tapCreate(ctx context.Context, caller rpc.PeerCred, p helperapi
 			return res, err
 		}
 		if l, err = netlink.LinkByName(p.Name); err != nil {
-			return res, fmt.Errorf("tap %s: created but not found: %w", p.Name, err)
+			return res, verifyFailed(p.Name, fmt.Errorf("tap %s: created but not found: %w", p.Name, err))
 		}
 	}
 	// Act: IPv6 off, attach, up.
@@ -361,13 +368,13 @@ func (h *Helper) tapCreate(ctx context.Context, caller rpc.PeerCred, p helperapi
 	}
 	// Verify.
 	if l, err = netlink.LinkByName(p.Name); err != nil {
-		return res, fmt.Errorf("verifying tap %s: %w", p.Name, err)
+		return res, verifyFailed(p.Name, fmt.Errorf("verifying tap %s: %w", p.Name, err))
 	}
 	if l.Attrs().MasterIndex != br.Attrs().Index || l.Attrs().Flags&net.FlagUp == 0 {
-		return res, fmt.Errorf("verifying tap %s: not up on %s", p.Name, p.Bridge)
+		return res, verifyFailed(p.Name, fmt.Errorf("verifying tap %s: not up on %s", p.Name, p.Bridge))
 	}
 	if o := kernelOwner(l); caller.UID != 0 && (o == nil || *o != caller.UID) {
-		return res, fmt.Errorf("verifying tap %s: the kernel does not give it to uid %d", p.Name, caller.UID)
+		return res, verifyFailed(p.Name, fmt.Errorf("verifying tap %s: the kernel does not give it to uid %d", p.Name, caller.UID))
 	}
 	if created {
 		h.log.InfoContext(ctx, "tap created", "tap", p.Name, "bridge", p.Bridge, "owner", caller.UID)

@@ -68,17 +68,17 @@ func loadOwners(path string) (*owners, error) {
 		return nil, fmt.Errorf("state file %q: want an absolute path", path)
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("creating the state directory: %w", err)
+		return nil, fmt.Errorf("creating the state directory %s: %w", filepath.Dir(path), err)
 	}
 	if err := os.Chmod(filepath.Dir(path), 0o700); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("making the state directory %s 0700: %w", filepath.Dir(path), err)
 	}
 	raw, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return o, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("reading the state file: %w", err)
+		return nil, fmt.Errorf("reading the state file %s: %w", path, err)
 	}
 	var f ownersFile
 	if err := json.Unmarshal(raw, &f); err != nil {
@@ -172,12 +172,12 @@ func (o *owners) saveLocked() error {
 	}
 	raw, err := json.MarshalIndent(ownersFile{Owners: o.m, Uplinks: o.uplinks}, "", "  ")
 	if err != nil {
-		return err
+		return fmt.Errorf("encoding the state file %s: %w", o.path, err)
 	}
 	tmp := o.path + ".new"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return fmt.Errorf("writing the state file: %w", err)
+		return fmt.Errorf("writing the state file %s: %w", tmp, err)
 	}
 	_, err = f.Write(append(raw, '\n'))
 	if err == nil {
@@ -191,7 +191,7 @@ func (o *owners) saveLocked() error {
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("writing the state file: %w", err)
+		return fmt.Errorf("writing the state file %s: %w", o.path, err)
 	}
 	if d, err := os.Open(filepath.Dir(o.path)); err == nil {
 		d.Sync()

@@ -53,11 +53,11 @@ func Run(ctx context.Context, o Options, stderr io.Writer) error {
 	var w io.Writer = stderr
 	if o.LogFile != "" {
 		if err := os.MkdirAll(filepath.Dir(o.LogFile), 0o750); err != nil {
-			return fmt.Errorf("creating the log directory: %w", err)
+			return fmt.Errorf("creating the log directory %s: %w", filepath.Dir(o.LogFile), err)
 		}
 		f, err := os.OpenFile(o.LogFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE|unix.O_CLOEXEC, 0o640)
 		if err != nil {
-			return fmt.Errorf("opening the log: %w", err)
+			return fmt.Errorf("opening the log %s: %w", o.LogFile, err)
 		}
 		defer f.Close()
 		w = f
@@ -103,7 +103,7 @@ func Run(ctx context.Context, o Options, stderr io.Writer) error {
 // to mode, and it is removed when the listener closes.
 func Listen(path string, mode os.FileMode) (*net.UnixListener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("creating the socket directory: %w", err)
+		return nil, fmt.Errorf("creating the socket directory %s: %w", filepath.Dir(path), err)
 	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
@@ -114,10 +114,10 @@ func Listen(path string, mode os.FileMode) (*net.UnixListener, error) {
 			return nil, fmt.Errorf("%s: another helper is already serving it", path)
 		}
 		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("removing the stale socket: %w", err)
+			return nil, fmt.Errorf("removing the stale socket %s: %w", path, err)
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, err
+		return nil, fmt.Errorf("looking at %s: %w", path, err)
 	}
 	old := unix.Umask(0o177)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})

@@ -257,14 +257,15 @@ func LoadGrants(path string) (Grants, error) {
 	defer f.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return gs, err
+		return gs, fmt.Errorf("grants file %s: fstat: %w", path, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Uid != 0 || st.Mode&0o022 != 0 {
-		return gs, fmt.Errorf("grants file %s must be a regular file owned by root and writable by root only (uid %d, mode %o)", path, st.Uid, st.Mode&0o7777)
+		return gs, rpc.WithHint(fmt.Errorf("grants file %s must be a regular file owned by root and writable by root only (uid %d, mode %o)", path, st.Uid, st.Mode&0o7777),
+			"sudo chown root:root "+path+" && sudo chmod 0644 "+path+" (or write it anew: sudo banger system install --user NAME)")
 	}
 	raw, err := io.ReadAll(io.LimitReader(f, 1<<20))
 	if err != nil {
-		return gs, err
+		return gs, fmt.Errorf("reading grants file %s: %w", path, err)
 	}
 	gs, err = ParseGrants(raw)
 	if err != nil {

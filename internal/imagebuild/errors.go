@@ -14,6 +14,8 @@ import (
 var (
 	// ErrSignature: the archive's Release file is not signed by the pinned
 	// keyring (unsigned, unknown key, bad signature, no Release at all).
+	// It is bad_request: the mirror or the suite is wrong, and retrying
+	// does not help.
 	ErrSignature = errors.New("archive signature check failed")
 	// ErrNoSubIDs: the daemon's user has no subordinate id range, or the
 	// kernel refuses it user namespaces.
@@ -58,8 +60,8 @@ var missingToolPatterns = regexp.MustCompile(`(?m)^.*(newuidmap|newgidmap).*(not
 func classify(runErr error, log, logPath, keyring, mirror, user string) error {
 	if m := signaturePatterns.FindString(log); m != "" {
 		return rpc.WithHint(newError(fmt.Sprintf("the archive's signature check against keyring %s failed: apt said %q; nothing from %s was installed (full output in %s)",
-			keyring, strings.TrimSpace(m), mirror, logPath), ErrSignature, rpc.ErrUnavailable),
-			"use a mirror of the suite's real archive, signed by the keys in "+keyring+" (see the build log)")
+			keyring, strings.TrimSpace(m), mirror, logPath), ErrSignature, rpc.ErrBadRequest),
+			"use a mirror of the suite's real archive, signed by the keys in "+keyring+", or the suite that keyring is for (see the build log); retrying the same does not help")
 	}
 	if m := missingToolPatterns.FindString(log); m != "" {
 		return rpc.WithHint(newError(fmt.Sprintf("mmdebstrap could not map ids: %q (full output in %s)", strings.TrimSpace(m), logPath), ErrMissingTool, rpc.ErrUnavailable), installHint)

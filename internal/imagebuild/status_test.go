@@ -55,7 +55,8 @@ func TestClassify(t *testing.T) {
 		"clearsign":  "E: Clearsigned file isn't valid, got 'NOSPLIT' (does the network require authentication?)\n",
 	} {
 		err := classify(runErr, "I: running apt-get update...\n"+out+"E: mmdebstrap failed to run\n", log, keyring, mirror, "alice")
-		if !errors.Is(err, ErrSignature) || rpc.CodeOf(err) != rpc.CodeUnavailable {
+		// bad_request: the mirror or the suite is wrong; a retry is no use.
+		if !errors.Is(err, ErrSignature) || rpc.CodeOf(err) != rpc.CodeBadRequest {
 			t.Errorf("%s: %v", name, err)
 			continue
 		}
