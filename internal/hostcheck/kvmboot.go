@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -44,6 +45,9 @@ func ProbeKVMBoot(ctx context.Context, qemu, kernel string, timeout time.Duratio
 		"-kernel", kernel,
 		"-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1 loglevel=8",
 	)
+	// A guest hung on a broken KVM never exits: it dies with its parent
+	// (a bangerd killed mid-probe), not at the next reboot.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
