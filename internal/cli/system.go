@@ -9,7 +9,6 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -203,21 +202,7 @@ func grantFor(gs helperapi.Grants, name, subnet string, uses []hostnet.Use, subu
 		g = helperapi.Grant{User: name, UID: uint32(uid), Net: gs.FreeNet()}
 	}
 	g.User = name
-	free := func(p netip.Prefix) error {
-		for _, o := range gs.Users {
-			if o.UID != g.UID && o.Prefix().Overlaps(p) {
-				return rpc.Errorf(rpc.ErrConflict, "subnet %s overlaps %s's grant %s", p, o.User, o.Subnet)
-			}
-		}
-		if clash := hostnet.Clashes(uses, p, g.Bridge()); len(clash) > 0 {
-			var s []string
-			for _, c := range clash {
-				s = append(s, c.String())
-			}
-			return rpc.Errorf(rpc.ErrConflict, "subnet %s overlaps what this host uses: %s", p, strings.Join(s, "; "))
-		}
-		return nil
-	}
+	free := func(p netip.Prefix) error { return gs.CheckSubnetFree(g.UID, g.Bridge(), p, uses) }
 	switch {
 	case subnet != "":
 		if err := helperapi.ValidateSubnet("subnet", subnet); err != nil {

@@ -42,26 +42,15 @@ func (h *Helper) measure(kind, name string) (netlink.Link, error) {
 }
 
 // checkSubnetFree refuses a subnet that overlaps an address or route of
-// the host that is not on the bridge itself, or another user's grant.
+// the host that is not on the bridge itself, or another user's grant
+// (helperapi.Grants.CheckSubnetFree, which system install runs too).
 func (h *Helper) checkSubnetFree(caller rpc.PeerCred, bridge string, subnet netip.Prefix) error {
-	for _, g := range h.grants.Users {
-		if g.UID != caller.UID && g.Prefix().Overlaps(subnet) && g.Bridge() != bridge {
-			return fmt.Errorf("subnet %s overlaps %s's grant %s: %w", subnet, g.User, g.Subnet, rpc.ErrConflict)
-		}
-	}
 	uses, err := hostnet.List()
 	if err != nil {
 		return err
 	}
-	if clash := hostnet.Clashes(uses, subnet, bridge); len(clash) > 0 {
-		var s []string
-		for _, c := range clash {
-			s = append(s, c.String())
-		}
-		return rpc.WithHint(fmt.Errorf("subnet %s overlaps what the host already uses: %s: %w", subnet, strings.Join(s, "; "), rpc.ErrConflict),
-			"choose a free private subnet: sudo banger system install --user NAME --subnet CIDR (as root: network.subnet in the config)")
-	}
-	return nil
+	return rpc.WithHint(h.grants.CheckSubnetFree(caller.UID, bridge, subnet, uses),
+		"choose a free private subnet: sudo banger system install --user NAME --subnet CIDR (as root: network.subnet in the config)")
 }
 
 // rootStaysOut refuses root's ensure of a name that is a user's: in a

@@ -15,7 +15,6 @@ import (
 
 	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/logging"
-	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/subid"
 	"github.com/banger-dev/banger/internal/version"
 )
@@ -38,13 +37,10 @@ type Options struct {
 	LogLevel slog.Level
 }
 
-// DefaultStateFile is the helper's owner records, in the unit's
-// StateDirectory.
-const DefaultStateFile = "/var/lib/banger-helper/state.json"
-
-// DefaultOptions are the flags' defaults.
+// DefaultOptions are the flags' defaults: helperapi's install locations,
+// those of the unit.
 func DefaultOptions() Options {
-	return Options{Socket: paths.HelperSocket, SocketMode: 0o666, GrantsFile: helperapi.DefaultGrantsFile, StateFile: DefaultStateFile}
+	return Options{Socket: helperapi.DefaultSocket, SocketMode: 0o666, GrantsFile: helperapi.DefaultGrantsFile, StateFile: helperapi.DefaultStateFile}
 }
 
 // Run serves the helper on o.Socket until ctx is done, then waits for the

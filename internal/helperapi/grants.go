@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/banger-dev/banger/internal/hostnet"
 	"github.com/banger-dev/banger/internal/rpc"
 )
 
@@ -137,6 +138,29 @@ func (gs *Grants) Put(g Grant) {
 		return
 	}
 	gs.Users = append(gs.Users, g)
+}
+
+// CheckSubnetFree refuses subnet for the bridge of uid (root: 0) when it
+// overlaps another user's grant, or what the host uses (uses, from
+// hostnet.List) other than on bridge itself: a subnet over the uplink's
+// LAN, its gateway, a VPN or another user's network would re-route that
+// traffic for the whole host. The error is conflict; the caller adds the
+// way out it knows. The helper runs it at every bridge.ensure, `system
+// install` when it grants a subnet.
+func (gs Grants) CheckSubnetFree(uid uint32, bridge string, subnet netip.Prefix, uses []hostnet.Use) error {
+	for _, g := range gs.Users {
+		if g.UID != uid && g.Prefix().Overlaps(subnet) {
+			return rpc.Errorf(rpc.ErrConflict, "subnet %s overlaps %s's grant %s", subnet, g.User, g.Subnet)
+		}
+	}
+	if clash := hostnet.Clashes(uses, subnet, bridge); len(clash) > 0 {
+		var s []string
+		for _, c := range clash {
+			s = append(s, c.String())
+		}
+		return rpc.Errorf(rpc.ErrConflict, "subnet %s overlaps what the host already uses: %s", subnet, strings.Join(s, "; "))
+	}
+	return nil
 }
 
 // FreeNet returns the lowest network number no grant has.

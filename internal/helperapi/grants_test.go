@@ -2,9 +2,11 @@ package helperapi
 
 import (
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 
+	"github.com/banger-dev/banger/internal/hostnet"
 	"github.com/banger-dev/banger/internal/rpc"
 )
 
@@ -116,6 +118,37 @@ func TestCheckGrant(t *testing.T) {
 		}
 		if !strings.Contains(err.Error(), "alice") || rpc.HintOf(err) == "" {
 			t.Errorf("%#v: error %q (hint %q) does not name the grant and the fix", p, err, rpc.HintOf(err))
+		}
+	}
+}
+
+// CheckSubnetFree, the one overlap check of the helper and of system
+// install: another user's grant, or what the host uses off the bridge.
+func TestCheckSubnetFree(t *testing.T) {
+	gs := Grants{Users: []Grant{alice, {User: "bob", UID: 1001, Net: 2, Subnet: "10.2.0.0/24"}}}
+	uses := []hostnet.Use{
+		{Prefix: netip.MustParsePrefix("192.168.1.0/24"), Iface: "eth0", What: "address 192.168.1.5/24"},
+		{Prefix: netip.MustParsePrefix("172.30.78.0/24"), Iface: "banger1", What: "address 172.30.78.1/24"},
+	}
+	for _, c := range []struct {
+		uid    uint32
+		bridge string
+		subnet string
+		want   string // "" for free
+	}{
+		{1000, "banger1", "172.30.78.0/24", ""},                              // alice's own, on her bridge
+		{1000, "banger1", "10.2.0.0/25", "overlaps bob's grant 10.2.0.0/24"}, // bob's
+		{1001, "banger2", "10.2.0.0/24", ""},
+		{1001, "banger2", "172.30.78.0/24", "overlaps alice's grant"},
+		{0, "banger0", "192.168.1.0/26", "overlaps what the host already uses: address 192.168.1.5/24 on eth0"},
+		{0, "banger0", "10.77.0.0/24", ""},
+	} {
+		err := gs.CheckSubnetFree(c.uid, c.bridge, netip.MustParsePrefix(c.subnet), uses)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("uid %d %s %s: %v", c.uid, c.bridge, c.subnet, err)
+		case c.want != "" && (!errors.Is(err, rpc.ErrConflict) || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("uid %d %s %s: %v, want conflict %q", c.uid, c.bridge, c.subnet, err, c.want)
 		}
 	}
 }

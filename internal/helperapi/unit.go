@@ -4,6 +4,8 @@ import (
 	"path/filepath"
 	"strings"
 	"unicode"
+
+	"github.com/banger-dev/banger/internal/paths"
 )
 
 // UnitOptions are the install-specific parts of banger-helper.service.
@@ -30,9 +32,11 @@ type UnitOptions struct {
 // Fixed install locations.
 const (
 	DefaultBinaryPath = "/usr/local/libexec/banger/banger-helper"
-	DefaultSocket     = "/run/banger/helper.sock"
-	DefaultLogFile    = "/var/log/banger/helper.log"
-	DefaultStateFile  = "/var/lib/banger-helper/state.json"
+	// DefaultSocket is paths.HelperSocket, where bangerd looks for the
+	// helper: one path, named in one place.
+	DefaultSocket    = paths.HelperSocket
+	DefaultLogFile   = "/var/log/banger/helper.log"
+	DefaultStateFile = "/var/lib/banger-helper/state.json"
 )
 
 // DefaultUnitOptions renders dist/systemd/banger-helper.service.
