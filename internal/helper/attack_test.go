@@ -43,7 +43,8 @@ import (
 // sockets, the helper's records, and the owners of /dev/loop*. Findings 6
 // and 7 are proven with real packets written into the attacker's TAP;
 // finding 8 (the CLI) is tests/integration/trust_test.go; finding 1's
-// hostile mirror is internal/imagebuild's.
+// hostile mirror is internal/imagebuild's. The second review's findings
+// follow at the end of the file.
 
 // world is a namespace set up for the attacks.
 type world struct {
