@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -278,9 +278,10 @@ func Exec(ctx context.Context, rw io.ReadWriter, req ExecRequest, eio ExecIO) (E
 // as WriteTar makes) into the guest directory dir, where the agent
 // extracts it as ExtractTar does: nothing is left unless all of it
 // arrived and extracted. An early refusal (dir missing: not_found; dir/name
-// an existing directory: conflict) ends Put before tr is read to its end.
-// If reading tr fails, Put half-closes rw (the agent discards what it
-// got) and returns that error.
+// an existing directory: conflict) ends Put before tr is read to its end
+// (a read of tr and a write to rw may still be under way then: close rw).
+// If reading tr fails, Put half-closes rw (the agent discards what it got)
+// and returns that error.
 func Put(ctx context.Context, rw io.ReadWriter, dir, name string, tr io.Reader) (PutResult, error) {
 	if err := ctx.Err(); err != nil {
 		return PutResult{}, context.Cause(ctx)
@@ -301,16 +302,13 @@ func Put(ctx context.Context, rw io.ReadWriter, dir, name string, tr io.Reader) 
 		answered <- answer{r, err}
 	}()
 
-	var mu sync.Mutex // held while writing; stopped ends the writer
-	stopped := false
+	var stopped atomic.Bool // set once Put returns: the writer writes no more
 	wrote := make(chan error, 1)
 	go func() {
 		buf := make([]byte, 256<<10)
 		for {
 			n, rerr := io.ReadFull(tr, buf)
-			mu.Lock()
-			if stopped {
-				mu.Unlock()
+			if stopped.Load() {
 				return
 			}
 			var werr error
@@ -318,13 +316,9 @@ func Put(ctx context.Context, rw io.ReadWriter, dir, name string, tr io.Reader) 
 				werr = WriteFrame(rw, KindTar, buf[:n])
 			}
 			if werr == nil && (rerr == io.EOF || rerr == io.ErrUnexpectedEOF) {
-				werr = WriteFrame(rw, KindTar, nil)
-				rerr = nil
-				mu.Unlock()
-				wrote <- werr
+				wrote <- WriteFrame(rw, KindTar, nil)
 				return
 			}
-			mu.Unlock()
 			if werr != nil {
 				wrote <- fmt.Errorf("put: sending the tar: %w", werr)
 				return
@@ -335,11 +329,7 @@ func Put(ctx context.Context, rw io.ReadWriter, dir, name string, tr io.Reader) 
 			}
 		}
 	}()
-	halt := func() {
-		mu.Lock()
-		stopped = true
-		mu.Unlock()
-	}
+	halt := func() { stopped.Store(true) }
 	select {
 	case a := <-answered: // an early answer is a refusal
 		halt()

@@ -179,7 +179,16 @@ func writeEntry(tw *tar.Writer, p, entry string, fi fs.FileInfo, buf []byte) err
 // On any failure nothing is left in dir. It returns the number of regular
 // files and their bytes.
 func ExtractTar(r io.Reader, dir, name string) (files int, size int64, err error) {
+	return extractTar(r, dir, name, name)
+}
+
+// extractTar is ExtractTar of a tar whose top entry is tarName, placed in
+// dir as name.
+func extractTar(r io.Reader, dir, tarName, name string) (files int, size int64, err error) {
 	if err := CheckName(name); err != nil {
+		return 0, 0, err
+	}
+	if err := CheckName(tarName); err != nil {
 		return 0, 0, err
 	}
 	if fi, err := os.Stat(dir); err != nil {
@@ -205,7 +214,7 @@ func ExtractTar(r io.Reader, dir, name string) (files int, size int64, err error
 		}
 	}()
 
-	x := extractor{tmp: tmp, name: name, root: os.Geteuid() == 0, dirs: map[string]bool{}, seen: map[string]bool{},
+	x := extractor{tmp: tmp, name: tarName, root: os.Geteuid() == 0, dirs: map[string]bool{}, seen: map[string]bool{},
 		buf: make([]byte, 256<<10)}
 	tr := tar.NewReader(r)
 	for {
@@ -235,7 +244,7 @@ func ExtractTar(r io.Reader, dir, name string) (files int, size int64, err error
 			return 0, 0, err
 		}
 	}
-	src := filepath.Join(tmp, name)
+	src := filepath.Join(tmp, tarName)
 	if x.topDir {
 		if err := renameNoReplace(src, dst); err != nil {
 			return 0, 0, err
