@@ -4,7 +4,8 @@
 // bangerd over the host channel only, never a network port. It finds its
 // channel itself: the virtio-serial port named banger.agent (qemu), else
 // an AF_VSOCK listener on port 1024 (Firecracker), waiting up to -wait for
-// either to appear. Logs are JSON lines on stderr (the journal).
+// either to appear; with -ready it first waits for banger-init to have
+// applied the VM's settings. Logs are JSON lines on stderr (the journal).
 package main
 
 import (
@@ -36,7 +37,13 @@ type options struct {
 	port   string        // serial device to serve instead of finding one
 	listen string        // vsock:PORT or unix:PATH to serve instead
 	wait   time.Duration // how long to look for a channel
+	ready  string        // a file to wait for before serving
 }
+
+// readyMax bounds the wait for -ready's file: past it the agent serves
+// anyway (so that a guest whose banger-init failed can still be looked
+// into), and says so in its log.
+const readyMax = 2 * time.Minute
 
 func parseFlags(args []string, stderr io.Writer) (options, bool, error) {
 	var o options
@@ -45,6 +52,7 @@ func parseFlags(args []string, stderr io.Writer) (options, bool, error) {
 	fs.StringVar(&o.port, "port", "", "serve the serial loop on this device instead of the virtio-serial port named "+agent.PortName)
 	fs.StringVar(&o.listen, "listen", "", "serve connections on vsock:PORT or unix:PATH instead of finding the channel")
 	fs.DurationVar(&o.wait, "wait", 30*time.Second, "how long to wait for the channel to appear")
+	fs.StringVar(&o.ready, "ready", "", "wait for this file (banger-init's /run/banger-init.done) before answering the host")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return o, false, err
@@ -102,6 +110,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	log.Info("agent starting", "release", srv.Release, "protocol", agent.ProtocolVersion)
+	if o.ready != "" {
+		waitReady(ctx, o.ready, readyMax, log)
+	}
 	if err := serve(ctx, o, srv, log); err != nil && ctx.Err() == nil {
 		log.Error("agent stopped", "error", err.Error())
 		return 1
@@ -164,6 +175,26 @@ func serve(ctx context.Context, o options, srv *agentd.Server, log *slog.Logger)
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// waitReady waits for the file at path to exist, at most max.
+func waitReady(ctx context.Context, path string, max time.Duration, log *slog.Logger) {
+	start := time.Now()
+	for {
+		if _, err := os.Stat(path); err == nil {
+			log.Info("agent ready", "file", path, "waited_ms", time.Since(start).Milliseconds())
+			return
+		}
+		if time.Since(start) >= max {
+			log.Warn("agent serving without its ready file", "file", path, "waited_ms", time.Since(start).Milliseconds())
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(10 * time.Millisecond):
 		}
 	}
 }

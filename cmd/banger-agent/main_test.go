@@ -64,8 +64,8 @@ func TestDeps(t *testing.T) {
 
 func TestParseFlags(t *testing.T) {
 	var stderr bytes.Buffer
-	o, v, err := parseFlags([]string{"-listen", "unix:/tmp/a.sock", "-wait", "5s"}, &stderr)
-	if err != nil || v || o.listen != "unix:/tmp/a.sock" || o.wait != 5*time.Second {
+	o, v, err := parseFlags([]string{"-listen", "unix:/tmp/a.sock", "-wait", "5s", "-ready", "/run/x.done"}, &stderr)
+	if err != nil || v || o.listen != "unix:/tmp/a.sock" || o.wait != 5*time.Second || o.ready != "/run/x.done" {
 		t.Errorf("%+v %v %v", o, v, err)
 	}
 	if o, _, err := parseFlags([]string{"-port", "/dev/vport0p1"}, &stderr); err != nil || o.port != "/dev/vport0p1" || o.wait != 30*time.Second {
@@ -115,7 +115,8 @@ func TestBinary(t *testing.T) {
 	f.Close()
 
 	sock := filepath.Join(dir, "agent.sock")
-	cmd := exec.Command(bin, "-listen", "unix:"+sock)
+	ready := filepath.Join(dir, "init.done")
+	cmd := exec.Command(bin, "-listen", "unix:"+sock, "-ready", ready)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -133,6 +134,12 @@ func TestBinary(t *testing.T) {
 		}
 	})
 
+	// It does not serve before its ready file exists.
+	time.Sleep(200 * time.Millisecond)
+	if _, err := os.Stat(sock); err == nil {
+		t.Error("the agent serves before its ready file exists")
+	}
+	os.WriteFile(ready, nil, 0o644)
 	var conn net.Conn
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -177,7 +184,7 @@ func TestBinary(t *testing.T) {
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("socket left behind: %v", err)
 	}
-	for _, want := range []string{`"msg":"agent starting"`, `"msg":"agent serving"`, `"op":"exec"`, `"msg":"agent stopped"`} {
+	for _, want := range []string{`"msg":"agent starting"`, `"msg":"agent ready"`, `"msg":"agent serving"`, `"op":"exec"`, `"msg":"agent stopped"`} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("log lacks %s:\n%s", want, stderr.String())
 		}

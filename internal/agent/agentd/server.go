@@ -93,6 +93,7 @@ func (s *Server) serveMux(ctx context.Context, conn io.ReadWriteCloser) error {
 		conn.Close()
 		return err
 	}
+	s.log().Info("agent session started")
 	stop := context.AfterFunc(ctx, func() { mux.Close() })
 	defer stop()
 	defer mux.Close()
@@ -178,7 +179,6 @@ func (s *Server) ServePort(ctx context.Context, port io.ReadWriter) error {
 			continue
 		}
 		start := time.Now()
-		s.log().Info("agent session started")
 		pc := &portConn{ReadWriter: port}
 		serr := s.serveMux(ctx, pc)
 		s.logSession(serr, start)
