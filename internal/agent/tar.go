@@ -168,8 +168,8 @@ func writeEntry(tw *tar.Writer, p, entry string, fi fs.FileInfo, buf []byte) err
 // new temporary directory inside dir, refusing any entry that would leave
 // it (an absolute name, a ".." component, a name outside name/, an entry
 // whose parent is not a directory of the tar, so nothing is written
-// through a symlink), duplicates and entry types other than file,
-// directory and symlink; it keeps modes, mtimes and (when run as root)
+// through a symlink), duplicates, sparse entries and entry types other
+// than file, directory and symlink; it keeps modes, mtimes and (when run as root)
 // numeric ownership. It commits only once r reaches EOF without an error,
 // so a caller feeding it through an io.Pipe aborts it by closing the pipe
 // with an error. Then it renames name into place: a file or symlink
@@ -323,6 +323,13 @@ func (x *extractor) entryName(raw string) (string, error) {
 func (x *extractor) entry(tr *tar.Reader, hdr *tar.Header) error {
 	if hdr.Typeflag == tar.TypeXGlobalHeader {
 		return nil
+	}
+	// A sparse entry's holes read as zeros that the stream never carried:
+	// a few bytes could fill the disk. WriteTar makes none.
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return rpc.Errorf(rpc.ErrBadRequest, "tar entry %q is sparse; sparse files are not copied", hdr.Name)
+		}
 	}
 	n, err := x.entryName(hdr.Name)
 	if err != nil {

@@ -6,11 +6,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -384,4 +386,98 @@ func TestCheckName(t *testing.T) {
 	if err := WriteTar(io.Discard, t.TempDir(), "a/b"); !errors.Is(err, rpc.ErrBadRequest) {
 		t.Errorf("WriteTar with a bad name: %v", err)
 	}
+}
+
+// FuzzExtractTar feeds arbitrary bytes to ExtractTar: whatever it accepts
+// or refuses, nothing appears outside dir/x, and a refusal leaves dir
+// empty.
+func FuzzExtractTar(f *testing.F) {
+	seedTar := func(entries ...entry) []byte {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for _, e := range entries {
+			hdr := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: 0o755, Size: int64(len(e.body))}
+			tw.WriteHeader(hdr)
+			io.WriteString(tw, e.body)
+		}
+		tw.Close()
+		return buf.Bytes()
+	}
+	f.Add(seedTar(entry{name: "x", typ: tar.TypeReg, body: "data"}))
+	f.Add(seedTar(entry{name: "x/", typ: tar.TypeDir}, entry{name: "x/a", typ: tar.TypeReg, body: "a"},
+		entry{name: "x/l", typ: tar.TypeSymlink, link: "../.."}, entry{name: "x/l/b", typ: tar.TypeReg, body: "b"}))
+	f.Add(seedTar(entry{name: "x/", typ: tar.TypeDir}, entry{name: "x/../y", typ: tar.TypeReg, body: "y"}))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		root := t.TempDir()
+		dir := filepath.Join(root, "dir")
+		os.Mkdir(dir, 0o755)
+		writableOnCleanup(t, root)
+		_, _, err := ExtractTar(bytes.NewReader(data), dir, "x")
+		entries, _ := os.ReadDir(root)
+		if len(entries) != 1 {
+			t.Fatalf("%d entries beside dir", len(entries)-1)
+		}
+		inside, _ := os.ReadDir(dir)
+		switch {
+		case err != nil && len(inside) != 0:
+			t.Fatalf("refused (%v) but left %v", err, inside)
+		case err == nil && (len(inside) != 1 || inside[0].Name() != "x"):
+			t.Fatalf("accepted, dir holds %v", inside)
+		}
+	})
+}
+
+// paxRecord formats one PAX record ("LEN key=value\n", LEN counting
+// itself).
+func paxRecord(k, v string) string {
+	s := " " + k + "=" + v + "\n"
+	for n := len(s) + 1; ; n++ {
+		if l := len(strconv.Itoa(n)); l+len(s) == n {
+			return strconv.Itoa(n) + s
+		}
+	}
+}
+
+// sparseBomb is a tar of 2.5 KB whose only file reads as 64 MiB of zeros
+// (GNU sparse 1.0 in PAX records, which tar.Writer does not write); the
+// realsize could as well be a terabyte.
+func sparseBomb(t *testing.T) []byte {
+	recs := paxRecord("GNU.sparse.major", "1") + paxRecord("GNU.sparse.minor", "0") + paxRecord("GNU.sparse.name", "x") +
+		paxRecord("GNU.sparse.realsize", "67108864")
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Name: "PaxHeaders/x", Typeflag: tar.TypeReg, Size: int64(len(recs)), Mode: 0o644, Format: tar.FormatUSTAR})
+	io.WriteString(tw, recs)
+	m := "1\n67108863\n1\n" // the map: one data region of 1 byte at the end
+	data := append(append([]byte(m), make([]byte, 512-len(m))...), 'z')
+	tw.WriteHeader(&tar.Header{Name: "x", Typeflag: tar.TypeReg, Size: int64(len(data)), Mode: 0o644, Format: tar.FormatUSTAR})
+	tw.Write(data)
+	tw.Close()
+	b := buf.Bytes()
+	// Turn the first header into a PAX extended header: type 'x', new
+	// checksum.
+	b[156] = tar.TypeXHeader
+	copy(b[148:156], "        ")
+	sum := 0
+	for _, c := range b[:512] {
+		sum += int(c)
+	}
+	copy(b[148:], fmt.Sprintf("%06o\x00 ", sum))
+	// The bomb is real: the reader hands out the 64 MiB.
+	tr := tar.NewReader(bytes.NewReader(b))
+	if h, err := tr.Next(); err != nil || h.Size != 64<<20 {
+		t.Fatalf("the sparse tar reads as %v, %v", h, err)
+	}
+	if n, err := io.Copy(io.Discard, tr); err != nil || n != 64<<20 {
+		t.Fatalf("the sparse file reads as %d bytes, %v", n, err)
+	}
+	return b
+}
+
+func TestExtractTarRefusesSparse(t *testing.T) {
+	dst := t.TempDir()
+	if _, _, err := ExtractTar(bytes.NewReader(sparseBomb(t)), dst, "x"); !errors.Is(err, rpc.ErrBadRequest) {
+		t.Errorf("a sparse entry: %v", err)
+	}
+	assertOnly(t, dst)
 }
