@@ -22,8 +22,8 @@ const (
 	// work disk is a plain clone of the image's seed.
 	ContractConfigDisk = 2
 	// ContractAgent: the image carries banger-agent (docs/agent.md),
-	// started by banger-agent.service after banger-init; the host reaches
-	// it over a virtio-serial port (qemu) or vsock (Firecracker), and a
+	// started by banger-agent.service beside banger-init, answering once
+	// banger-init has written InitDone; the host reaches it over a virtio-serial port (qemu) or vsock (Firecracker), and a
 	// create is ready when it answers.
 	ContractAgent = 3
 	// Contract is what this build's banger-init implements.

@@ -212,6 +212,10 @@ const unitDir = "/etc/systemd/system"
 // AgentPath is where an image of contract 3 carries banger-agent.
 const AgentPath = "/usr/local/libexec/banger/banger-agent"
 
+// InitDone is the file banger-init writes when it has applied the VM's
+// settings; banger-agent.service runs the agent with -ready InitDone.
+const InitDone = "/run/banger-init.done"
+
 // Files returns every entry banger writes into an image, parents before
 // children: configuration, scripts, units, the links that enable banger's
 // units and those that mask MaskedUnits. Existing entries at these paths
