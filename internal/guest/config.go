@@ -23,8 +23,9 @@ const (
 	ContractConfigDisk = 2
 	// ContractAgent: the image carries banger-agent (docs/agent.md),
 	// started by banger-agent.service beside banger-init, answering once
-	// banger-init has written InitDone; the host reaches it over a virtio-serial port (qemu) or vsock (Firecracker), and a
-	// create is ready when it answers.
+	// banger-init has written InitDone; the host reaches it over a
+	// virtio-serial port (qemu) or vsock (Firecracker), and a create is
+	// ready when it answers.
 	ContractAgent = 3
 	// Contract is what this build's banger-init implements.
 	Contract = ContractAgent
