@@ -31,14 +31,16 @@ func CopyTo(ctx context.Context, rw io.ReadWriter, src, dir, name string, progre
 
 // CopyFrom copies guestPath into the local directory dir as name:
 // Get into ExtractTar, committed only once the agent confirmed the whole
-// tar. progress, when set, is called with the tar bytes received so far
+// tar. The guest is not trusted with the host's users: the files are the
+// caller's (even as root, no guest uid or gid is kept) and setuid and
+// setgid bits are dropped; other modes, mtimes and symlinks are kept. progress, when set, is called with the tar bytes received so far
 // (the GetResult's Size is the total, about). Nothing is left in dir on
 // failure.
 func CopyFrom(ctx context.Context, rw io.ReadWriter, guestPath, dir, name string, progress func(received int64)) (GetResult, error) {
 	pr, pw := io.Pipe()
 	extracted := make(chan error, 1)
 	go func() {
-		_, _, err := extractTar(pr, dir, path.Base(path.Clean(guestPath)), name)
+		_, _, err := extractTar(pr, dir, path.Base(path.Clean(guestPath)), name, false)
 		if err != nil {
 			pr.CloseWithError(err)
 		} else {

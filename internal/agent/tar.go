@@ -179,12 +179,14 @@ func writeEntry(tw *tar.Writer, p, entry string, fi fs.FileInfo, buf []byte) err
 // On any failure nothing is left in dir. It returns the number of regular
 // files and their bytes.
 func ExtractTar(r io.Reader, dir, name string) (files int, size int64, err error) {
-	return extractTar(r, dir, name, name)
+	return extractTar(r, dir, name, name, true)
 }
 
 // extractTar is ExtractTar of a tar whose top entry is tarName, placed in
-// dir as name.
-func extractTar(r io.Reader, dir, tarName, name string) (files int, size int64, err error) {
+// dir as name. A tar from a source not trusted with this machine's users
+// (trusted false: the guest, for the host) gets no owners (its files are
+// the caller's) and loses setuid and setgid bits.
+func extractTar(r io.Reader, dir, tarName, name string, trusted bool) (files int, size int64, err error) {
 	if err := CheckName(name); err != nil {
 		return 0, 0, err
 	}
@@ -214,7 +216,7 @@ func extractTar(r io.Reader, dir, tarName, name string) (files int, size int64, 
 		}
 	}()
 
-	x := extractor{tmp: tmp, name: tarName, root: os.Geteuid() == 0, dirs: map[string]bool{}, seen: map[string]bool{},
+	x := extractor{tmp: tmp, name: tarName, root: trusted && os.Geteuid() == 0, trusted: trusted, dirs: map[string]bool{}, seen: map[string]bool{},
 		buf: make([]byte, 256<<10)}
 	tr := tar.NewReader(r)
 	for {
@@ -270,6 +272,7 @@ func extractTar(r io.Reader, dir, tarName, name string) (files int, size int64, 
 type extractor struct {
 	tmp, name string
 	root      bool            // chown entries
+	trusted   bool            // keep setuid and setgid
 	dirs      map[string]bool // directories made, by entry name
 	seen      map[string]bool
 	dirMeta   []dirEntry
@@ -394,7 +397,11 @@ func (x *extractor) setMeta(target string, hdr *tar.Header, link bool) error {
 	}
 	if !link {
 		// After chown, which clears setuid and setgid.
-		if err := os.Chmod(target, fs.FileMode(hdr.Mode&0o777)|modeBits(hdr.Mode)); err != nil {
+		mode := hdr.Mode
+		if !x.trusted {
+			mode &^= 0o6000
+		}
+		if err := os.Chmod(target, fs.FileMode(mode&0o777)|modeBits(mode)); err != nil {
 			return err
 		}
 	}
