@@ -110,7 +110,7 @@ func (s *Server) serveMux(ctx context.Context, conn io.ReadWriteCloser) error {
 }
 
 // Serve accepts connections on l, one session each, until ctx ends (then
-// it closes l) or Accept fails.
+// it closes l) or l is closed; other accept errors are logged and retried.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
@@ -120,7 +120,14 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			if ctx.Err() != nil {
 				return context.Cause(ctx)
 			}
-			return err
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// ECONNABORTED, EMFILE and the like pass: the agent must not
+			// stop serving over one failed accept.
+			s.log().Warn("agent accept failed", "error", err.Error())
+			sleepCtx(ctx, 100*time.Millisecond)
+			continue
 		}
 		go func() {
 			start := time.Now()

@@ -449,3 +449,55 @@ func TestHasVsockDevice(t *testing.T) {
 		t.Error("vsock in a missing directory")
 	}
 }
+
+// portPair is a Port on one end of a socketpair (pollable, as the
+// virtio-serial device is) and the other end.
+func portPair(t *testing.T) (*Port, net.Conn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC|syscall.SOCK_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fds[0]), "port")
+	pf := os.NewFile(uintptr(fds[1]), "peer")
+	peer, err := net.FileConn(pf)
+	pf.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close(); peer.Close() })
+	// A cap long enough that only readiness can end a wait in time.
+	return &Port{f: f, wakeCap: time.Hour}, peer
+}
+
+func TestPortWaitReadable(t *testing.T) {
+	waited := func(p *Port) chan struct{} {
+		done := make(chan struct{})
+		go func() { p.WaitReadable(context.Background()); close(done) }()
+		return done
+	}
+	// Data already there: no wait, even once the poller has noted the
+	// readiness (the wait's reset drops that note; poll(2) sees the data).
+	p, peer := portPair(t)
+	peer.Write([]byte("BANGER-AGENT 1\n"))
+	time.Sleep(50 * time.Millisecond)
+	select {
+	case <-waited(p):
+	case <-time.After(testTimeout):
+		t.Fatal("WaitReadable waits although data is there")
+	}
+	// Data that arrives later wakes it.
+	p, peer = portPair(t)
+	done := waited(p)
+	time.Sleep(50 * time.Millisecond) // most likely waiting by now; if not, the poll sees the data
+	peer.Write([]byte("x"))
+	select {
+	case <-done:
+	case <-time.After(testTimeout):
+		t.Fatal("WaitReadable missed the data's arrival")
+	}
+	buf := make([]byte, 1)
+	if n, err := p.Read(buf); n != 1 || err != nil {
+		t.Errorf("read after the wait: %d %v", n, err)
+	}
+}

@@ -43,7 +43,8 @@ func FindPort(sysPorts, devDir string) (string, error) {
 // Port is the guest end of the virtio-serial port. Its reads return EOF
 // while no host is connected; WaitReadable waits for the next change.
 type Port struct {
-	f *os.File
+	f       *os.File
+	wakeCap time.Duration // WaitReadable's longest wait; 0: 250 ms
 }
 
 // OpenPort opens the port's device for reading and writing. Go's poller
@@ -68,25 +69,32 @@ func (p *Port) SetReadDeadline(t time.Time) error { return p.f.SetReadDeadline(t
 // SetDeadline sets both deadlines of the device.
 func (p *Port) SetDeadline(t time.Time) error { return p.f.SetDeadline(t) }
 
-// WaitReadable waits, at most 250 ms, for the port's next wake-up (a host
-// connecting, data arriving): virtio_console wakes its readers on both,
-// and the poller's edge-triggered registration sees the wake-up even
-// though poll(2) reports the port readable (at EOF) all along. Where the
-// descriptor is not pollable it sleeps 250 ms.
+// WaitReadable waits, at most 250 ms, until a host is connected: at once
+// if poll(2) finds the port readable without POLLHUP (virtio_console sets
+// POLLHUP while no host is connected, with POLLIN, since a read returns
+// EOF), else until the port's next wake-up (a host connecting, data
+// arriving), which the poller's edge-triggered registration sees even
+// though poll(2) reported the port ready all along. Where the descriptor
+// is not pollable it sleeps 250 ms.
 func (p *Port) WaitReadable(ctx context.Context) {
-	const most = 250 * time.Millisecond
+	most := p.wakeCap
+	if most == 0 {
+		most = 250 * time.Millisecond
+	}
 	rc, err := p.f.SyscallConn()
 	if err == nil {
 		err = p.f.SetReadDeadline(time.Now().Add(most))
 	}
 	if err == nil {
 		first := true
-		err = rc.Read(func(uintptr) bool {
-			if first {
-				first = false
-				return false // wait for readiness
+		err = rc.Read(func(fd uintptr) bool {
+			if !first {
+				return true // woken up: let the caller read
 			}
-			return true
+			first = false
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			n, perr := unix.Poll(fds, 0)
+			return perr == nil && n == 1 && fds[0].Revents&unix.POLLIN != 0 && fds[0].Revents&unix.POLLHUP == 0
 		})
 		p.f.SetReadDeadline(time.Time{})
 		if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
