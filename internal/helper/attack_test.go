@@ -148,9 +148,48 @@ func listenIn(t *testing.T, ns netns.NsHandle, addr string) net.PacketConn {
 	return pc
 }
 
-// hostState is everything a refused call must leave as it was.
+// settleIPv6 waits until the kernel has finished what it does by itself
+// after a link comes up: duplicate address detection of each IPv6 address
+// (a link that keeps IPv6, such as the uplink, gets a link-local address),
+// whose local route appears only when it ends. Snapshots taken before that
+// would differ by those routes without anyone having called anything.
+func settleIPv6(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		pending := ""
+		addrs, err := netlink.AddrList(nil, netlink.FAMILY_V6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		local, _ := netlink.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Table: unix.RT_TABLE_LOCAL}, netlink.RT_FILTER_TABLE)
+		for _, a := range addrs {
+			if a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_OPTIMISTIC) != 0 {
+				pending = "address " + a.IPNet.String() + " is tentative"
+				break
+			}
+			if a.Flags&unix.IFA_F_DADFAILED == 0 && !slices.ContainsFunc(local, func(r netlink.Route) bool {
+				return r.Dst != nil && r.Dst.IP.Equal(a.IP) && r.LinkIndex == a.LinkIndex
+			}) {
+				pending = "address " + a.IPNet.String() + " has no local route yet"
+				break
+			}
+		}
+		if pending == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("IPv6 did not settle: %s", pending)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// hostState is everything a refused call must leave as it was (taken once
+// the kernel's own IPv6 set-up of new links has settled).
 func hostState(t *testing.T, hs *harness) string {
 	t.Helper()
+	settleIPv6(t)
 	var b strings.Builder
 	links, err := netlink.LinkList()
 	if err != nil {
