@@ -114,7 +114,13 @@ func (d *Daemon) agentSession(ctx context.Context, vm model.VM) (*agent.Session,
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the agent of %s at %s: %w", vm.Name, agentSocketPath(vm), err)
 	}
-	_ = conn.SetDeadline(time.Now().Add(agentDialTimeout))
+	// The handshake waits for a guest that may still be booting: bound it
+	// by the caller's deadline too (a create's boot timeout).
+	dl := time.Now().Add(agentDialTimeout)
+	if cdl, ok := ctx.Deadline(); ok && cdl.Before(dl) {
+		dl = cdl
+	}
+	_ = conn.SetDeadline(dl)
 	s, err := agent.Dial(conn)
 	if err != nil {
 		conn.Close()

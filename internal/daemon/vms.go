@@ -407,13 +407,15 @@ func (d *Daemon) bootVM(ctx context.Context, o *operation, vm model.VM, img mode
 		return vm, err
 	}
 	if err := o.stage(ctx, d.log, "boot", func() (string, error) {
-		_, err := d.agentSession(ctx, vm)
+		bctx, cancel := context.WithDeadline(ctx, deadline)
+		defer cancel()
+		_, err := d.agentSession(bctx, vm)
 		for err != nil {
 			if berr := d.checkBooting(ctx, vm, h.PID, deadline); berr != nil {
 				return "", fmt.Errorf("%w (the agent: %v)", berr, err)
 			}
 			time.Sleep(20 * time.Millisecond)
-			_, err = d.agentSession(ctx, vm)
+			_, err = d.agentSession(bctx, vm)
 		}
 		return "the guest agent answered on " + agentChannel(vm), nil
 	}); err != nil {

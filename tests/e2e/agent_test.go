@@ -245,6 +245,49 @@ func TestAgent(t *testing.T) {
 		}
 	})
 
+	t.Run("bad input", func(t *testing.T) {
+		// Each refusal names its code and op id, gives a hint, and leaves
+		// nothing behind.
+		refused := func(what, code string, r harness.Result) {
+			t.Helper()
+			if r.Code == 0 || !strings.Contains(r.Stderr, "code:  "+code) || !strings.Contains(r.Stderr, "op id: ") || !strings.Contains(r.Stderr, "hint:  ") {
+				t.Errorf("%s: want a %s refusal with op id and hint: %s", what, code, r)
+			}
+		}
+		refused("exec in an unknown VM", "not_found", e.Banger("vm", "exec", "nosuch", "--", "true"))
+		refused("cp into an unknown VM", "not_found", e.Banger("vm", "cp", "/etc/hostname", "nosuch:/root/"))
+		dir := t.TempDir()
+		f := filepath.Join(dir, "f")
+		writeMode(t, f, 100, 0o644)
+		// The guest's /etc/hostname is a file, not a directory.
+		r := e.Banger("vm", "cp", f, "ag:/etc/hostname/f")
+		if r.Code == 0 || !strings.Contains(r.Stderr, "op id: ") || !strings.Contains(r.Stderr, "hint:  ") {
+			t.Errorf("cp onto a path under a file: %s", r)
+		}
+		if r := e.MustBanger("vm", "exec", "ag", "--", "cat", "/etc/hostname"); r.Stdout != "ag\n" {
+			t.Errorf("after the refused copy, /etc/hostname is %q", r.Stdout)
+		}
+		// On the host: a destination under a file; nothing is made.
+		r = e.Banger("vm", "cp", "ag:/etc/hostname", filepath.Join(f, "x"))
+		if r.Code == 0 || !strings.Contains(r.Stderr, "op id: ") {
+			t.Errorf("cp out onto a path under a file: %s", r)
+		}
+		if b, err := os.ReadFile(f); err != nil || len(b) != 100 {
+			t.Errorf("the refused copy changed %s: %d bytes, %v", f, len(b), err)
+		}
+		if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+			t.Errorf("a refused copy left files in %s: %v", dir, ents)
+		}
+		// A guest command that does not exist never started: not_found
+		// (exit 3), naming it (docs/cli.md: the command's own status
+		// only once it has started).
+		r = e.Banger("vm", "exec", "ag", "--", "/no/such/cmd")
+		refused("a missing guest command", "not_found", r)
+		if r.Code != 3 || !strings.Contains(r.Stderr, "/no/such/cmd") {
+			t.Errorf("a missing guest command: %s", r)
+		}
+	})
+
 	t.Run("after bangerd is killed", func(t *testing.T) {
 		pid := e.LockPID()
 		syscall.Kill(pid, syscall.SIGKILL)
@@ -274,9 +317,20 @@ func TestAgent(t *testing.T) {
 			t.Fatalf("the reboot was not a reboot in the same VMM: %+v", after)
 		}
 	})
+
+	t.Run("a stopped VM", func(t *testing.T) {
+		e.MustBanger("vm", "stop", "ag")
+		r := e.Banger("vm", "exec", "ag", "--", "true")
+		if r.Code == 0 || !strings.Contains(r.Stderr, "code:  conflict") || !strings.Contains(r.Stderr, "banger vm start ag") {
+			t.Errorf("exec in a stopped VM: %s", r)
+		}
+		r = e.Banger("vm", "cp", "/etc/hostname", "ag:/root/")
+		if r.Code == 0 || !strings.Contains(r.Stderr, "banger vm start ag") {
+			t.Errorf("cp into a stopped VM: %s", r)
+		}
+	})
 	e.MustBanger("vm", "delete", "ag")
 }
-
 
 // writeMode writes n random bytes to p with the given mode.
 func writeMode(t *testing.T, p string, n int, mode os.FileMode) {
@@ -296,4 +350,3 @@ func sha(t *testing.T, p string) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
 }
-

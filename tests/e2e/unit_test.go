@@ -91,27 +91,15 @@ func TestHelperUnitUnderSystemd(t *testing.T) {
 	e.MustBanger("vm", "delete", "sd")
 }
 
-// guestSh runs sh -c script with args in the VM as root over banger's ssh
-// settings, stdin from data, and returns its output.
+// guestSh runs sh -c script with args in the VM as root through the guest
+// agent (banger vm exec -i), stdin from data, and returns its output.
 func guestSh(t *testing.T, e *harness.Env, info api.VMInfo, data []byte, script string, args ...string) string {
 	t.Helper()
-	argv := []string{"-i", filepath.Join(e.StateDir, "id_ed25519"), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-		"-o", "UserKnownHostsFile=" + filepath.Join(info.Runtime.VMDir, "known_hosts"), "-o", "StrictHostKeyChecking=yes",
-		"-o", "LogLevel=ERROR", "--", "root@" + info.Runtime.GuestIP, shellQuote(append([]string{"sh", "-c", script, "sh"}, args...))}
-	cmd := exec.Command("ssh", argv...)
+	cmd := e.Command(append([]string{"vm", "exec", "-i", info.Name, "--", "sh", "-c", script, "sh"}, args...)...)
 	cmd.Stdin = bytes.NewReader(data)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("in the guest: %s: %v\n%s", script, err, out)
 	}
 	return string(out)
-}
-
-// shellQuote joins words for the remote shell ssh hands its command to.
-func shellQuote(words []string) string {
-	q := make([]string, len(words))
-	for i, w := range words {
-		q[i] = "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
-	}
-	return strings.Join(q, " ")
 }

@@ -169,5 +169,19 @@ func TestOlderGuestContract(t *testing.T) {
 	var info api.VMInfo
 	e.JSON(&info, "vm", "create", "--name", "old1", "--image", "old")
 	checkHostKey(t, e, info, "work disk")
+	if info.Agent {
+		t.Fatalf("a contract %d VM reports an agent", img.GuestContract)
+	}
+	if last := info.Runtime.LastBoot[len(info.Runtime.LastBoot)-1]; last.Name != "ssh ready" {
+		t.Errorf("an older image's last create stage is %+v, want ssh ready", last)
+	}
+	// No agent: vm exec says so and what to do; vm run goes over SSH.
+	r := e.Banger("vm", "exec", "old1", "--", "true")
+	if r.Code == 0 || !strings.Contains(r.Stderr, "no guest agent") || !strings.Contains(r.Stderr, "banger vm ssh old1") {
+		t.Errorf("exec in a VM without an agent: %s", r)
+	}
 	e.MustBanger("vm", "delete", "old1")
+	if r := e.MustBanger("vm", "run", "--image", "old", "--name", "old2", "--rm", "--", "cat", "/etc/hostname"); r.Stdout != "old2\n" {
+		t.Errorf("vm run on an older image: %q", r.Stdout)
+	}
 }
