@@ -170,12 +170,28 @@ func (d *Daemon) waitAgent(ctx context.Context, vm model.VM, pid int, deadline t
 		if errors.As(err, &ve) {
 			return res, err
 		}
-		if err := d.checkBooting(ctx, vm, pid, deadline); err != nil {
-			return res, fmt.Errorf("%w (the agent's last answer: %v)", err, err)
+		if berr := d.checkBooting(ctx, vm, pid, deadline); berr != nil {
+			return res, fmt.Errorf("%w (the agent's last answer: %v)", berr, err)
 		}
 		d.agents.drop(vm.ID)
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// agentShutdown asks vm's agent to power the guest off (the guest's own
+// orderly poweroff): unlike the ACPI button, it is not lost when it comes
+// before the guest has started listening for the button, as a stop right
+// after an agent-ready create can. It waits for the agent's answer, not
+// for the VMM to exit.
+func (d *Daemon) agentShutdown(ctx context.Context, vm model.VM) error {
+	ctx, cancel := context.WithTimeout(ctx, agentDialTimeout)
+	defer cancel()
+	st, err := d.agentStream(ctx, vm)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	return agent.Shutdown(ctx, st, false)
 }
 
 func (d *Daemon) agentHello(ctx context.Context, vm model.VM) (agent.HelloResult, error) {

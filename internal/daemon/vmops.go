@@ -230,7 +230,18 @@ func (d *Daemon) stopVM(ctx context.Context, vm model.VM, force bool) error {
 	return nil
 }
 
+// shutdownVMM asks the guest to power off: through its agent when the
+// image has one, else (or when the agent does not answer) with the VMM's
+// power button (qemu's ACPI, Firecracker's Ctrl-Alt-Del).
 func (d *Daemon) shutdownVMM(ctx context.Context, vm model.VM) error {
+	if img, err := d.store.GetImage(ctx, vm.Image); err == nil && hasAgent(img) {
+		err := d.agentShutdown(ctx, vm)
+		if err == nil {
+			d.log.InfoContext(ctx, "vm powering off through its agent", "vm", vm.Name)
+			return nil
+		}
+		d.log.WarnContext(ctx, "the agent's poweroff failed; pressing the power button", "vm", vm.Name, "error", err.Error())
+	}
 	switch vm.VMM {
 	case "qemu":
 		return qemu.New(d.cfg.Paths.Qemu).Shutdown(ctx, vmmSpecFor(vm))

@@ -319,7 +319,23 @@ func TestAgent(t *testing.T) {
 	})
 
 	t.Run("a stopped VM", func(t *testing.T) {
+		// Right after the reboot's first answer: the power button's
+		// listener may not run yet, the agent's poweroff is not lost.
 		e.MustBanger("vm", "stop", "ag")
+		var via, graceful, killed bool
+		for _, rec := range harness.LogLines(t, e.StateDir+"/bangerd.log") {
+			switch rec["msg"] {
+			case "vm powering off through its agent":
+				via = true
+			case "vm powered off":
+				graceful = true
+			case "vm did not power off in time; killing it":
+				killed = true
+			}
+		}
+		if !via || !graceful || killed {
+			t.Errorf("vm stop: through the agent %v, powered off %v, killed %v", via, graceful, killed)
+		}
 		r := e.Banger("vm", "exec", "ag", "--", "true")
 		if r.Code == 0 || !strings.Contains(r.Stderr, "code:  conflict") || !strings.Contains(r.Stderr, "banger vm start ag") {
 			t.Errorf("exec in a stopped VM: %s", r)

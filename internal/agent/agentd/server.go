@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"time"
@@ -382,9 +383,21 @@ func (s *Server) shutdown(st net.Conn, reboot bool) error {
 	return nil
 }
 
-// powerOff syncs and powers off or reboots the machine.
+// powerOff powers off or reboots the machine: through systemd when it is
+// the init (an orderly shutdown: services stopped, file systems unmounted),
+// else, or if systemctl fails, by syncing and calling reboot(2) itself (the
+// agent as init, or a guest without systemd).
 func powerOff(reboot bool) error {
 	time.Sleep(50 * time.Millisecond) // let the answer leave the port
+	if _, err := os.Stat("/run/systemd/system"); err == nil {
+		verb := "poweroff"
+		if reboot {
+			verb = "reboot"
+		}
+		if err := exec.Command("systemctl", "--no-block", verb).Run(); err == nil {
+			return nil
+		}
+	}
 	unix.Sync()
 	cmd := unix.LINUX_REBOOT_CMD_POWER_OFF
 	if reboot {
