@@ -30,8 +30,10 @@ func (a *app) vmCpCommand() *cobra.Command {
 		Long: `Copies SRC to DST, one of them in a VM (NAME:PATH, an absolute guest path),
 through the guest agent, without SSH. As with cp: onto an existing directory,
 SRC goes inside it under its own name; otherwise it becomes DST. A directory
-needs -r and is copied whole. Modes, mtimes, symlinks (as links) and, copied
-by root, numeric ownership are kept. Nothing is left half-written: the copy
+needs -r and is copied whole. Modes, mtimes and symlinks (as links) are
+kept; into the VM, copied by root, numeric ownership too. Out of it the files
+are yours, setuid and setgid bits dropped: the guest is not trusted with the
+host's users. Nothing is left half-written: the copy
 lands in a temporary name next to DST and is renamed into place when
 complete. A terminal shows a progress bar for large copies.`,
 		Example: `  banger vm cp ./app.tar.gz demo:/root/
@@ -136,7 +138,9 @@ func (a *app) copyIn(ctx context.Context, vm, src, dst string, recursive bool) (
 	return res, nil
 }
 
-// copyOut copies vm's src to the host's dst.
+// copyOut copies vm's src to the host's dst (agent.CopyFrom: written
+// under a temporary name and renamed once the agent confirmed all of it;
+// the files are the caller's, without setuid or setgid bits).
 func (a *app) copyOut(ctx context.Context, vm, src, dst string, recursive bool) (agent.PutResult, error) {
 	dir, name := filepath.Dir(dst), filepath.Base(dst)
 	if fi, err := os.Stat(dst); err == nil && fi.IsDir() {
@@ -147,39 +151,30 @@ func (a *app) copyOut(ctx context.Context, vm, src, dst string, recursive bool) 
 		return agent.PutResult{}, err
 	}
 	defer conn.Close()
-	pr, pw := io.Pipe()
-	var res agent.PutResult
-	var xerr error
-	var wg sync.WaitGroup
 	var bar *progress
-	err = agent.Get(ctx, conn, src, func(g agent.GetResult) (io.Writer, error) {
+	var refused error
+	res, err := agent.CopyFrom(ctx, conn, src, dir, name, func(g agent.GetResult) (func(int64), error) {
 		if g.Dir && !recursive {
-			return nil, usageErrorf("%s:%s is a directory: copy it with -r", vm, src)
+			refused = usageErrorf("%s:%s is a directory: copy it with -r", vm, src)
+			return nil, refused
 		}
 		bar = a.newProgress("copying "+vm+":"+src+" to "+filepath.Join(dir, name), g.Size)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			res.Files, res.Bytes, xerr = agent.ExtractTar(renameTar(pr, path.Base(src), name), dir, name)
-			pr.CloseWithError(xerr)
-		}()
-		return bar.writer(pw), nil
+		return func(n int64) { bar.n.Store(n) }, nil
 	})
-	pw.CloseWithError(err)
-	wg.Wait()
 	if bar != nil {
-		bar.done(err == nil && xerr == nil)
+		bar.done(err == nil)
 	}
-	var re *agent.RemoteError
+	var we *agent.LocalError
 	switch {
-	case errors.As(err, &re):
-		return res, copyErr(vm, err)
-	case xerr != nil:
-		return res, rpc.WithHint(fmt.Errorf("writing %s: %w", filepath.Join(dir, name), xerr), "nothing was left there; check the host directory")
-	case err != nil:
+	case err == nil:
+		return res, nil
+	case refused != nil && errors.Is(err, refused):
+		return res, refused
+	case errors.As(err, &we):
+		return res, rpc.WithHint(we, "nothing was left there; check the host directory")
+	default:
 		return res, copyErr(vm, err)
 	}
-	return res, nil
 }
 
 func (a *app) guestStat(ctx context.Context, vm, p string) (agent.StatResult, error) {

@@ -146,14 +146,33 @@ func TestPutGet(t *testing.T) {
 
 	// And back.
 	var got int64
-	gr, err := agent.CopyFrom(testCtx(t), stream(t, s), filepath.Join(guest, "tree"), back, "tree", func(n int64) { got = n })
-	if err != nil || !gr.Dir || gr.Size != 5<<20+6+10+1 || got < gr.Size {
-		t.Fatalf("get tree: %+v %v (progress %d)", gr, err, got)
+	var gr agent.GetResult
+	watch := func(r agent.GetResult) (func(int64), error) {
+		gr = r
+		return func(n int64) { got = n }, nil
+	}
+	pr, err := agent.CopyFrom(testCtx(t), stream(t, s), filepath.Join(guest, "tree"), back, "tree", watch)
+	if err != nil || !gr.Dir || gr.Size != 5<<20+6+10+1 || got < gr.Size || pr.Files != 5 || pr.Bytes != gr.Size {
+		t.Fatalf("get tree: %+v %+v %v (progress %d)", gr, pr, err, got)
 	}
 	sameTree(t, want, tree(t, filepath.Join(back, "tree")))
-	gr, err = agent.CopyFrom(testCtx(t), stream(t, s), filepath.Join(guest, "big.copy"), back, "big.bin", nil)
-	if err != nil || gr.Dir || gr.Size != 5<<20 {
-		t.Fatalf("get file: %+v %v", gr, err)
+	pr, err = agent.CopyFrom(testCtx(t), stream(t, s), filepath.Join(guest, "big.copy"), back, "big.bin", watch)
+	if err != nil || gr.Dir || gr.Size != 5<<20 || pr.Files != 1 {
+		t.Fatalf("get file: %+v %+v %v", gr, pr, err)
+	}
+	// start's refusal: nothing is written.
+	refuse := errors.New("no directories")
+	_, err = agent.CopyFrom(testCtx(t), stream(t, s), filepath.Join(guest, "tree"), back, "refused", func(r agent.GetResult) (func(int64), error) {
+		return nil, refuse
+	})
+	if !errors.Is(err, refuse) {
+		t.Fatalf("a refused get: %v", err)
+	}
+	// The host's side failing is a LocalError naming where.
+	_, err = agent.CopyFrom(testCtx(t), stream(t, s), filepath.Join(guest, "tree"), filepath.Join(back, "missing"), "tree", nil)
+	var le *agent.LocalError
+	if !errors.As(err, &le) || le.Path != filepath.Join(back, "missing", "tree") {
+		t.Fatalf("get into a missing host directory: %v", err)
 	}
 	sameTree(t, wantFile, tree(t, filepath.Join(back, "big.bin")))
 	assertOnly(t, guest, "big.copy", "tree")
