@@ -50,13 +50,13 @@ var userNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_.-]{0,31}\$?$`)
 // Validate checks one grant on its own.
 func (g Grant) Validate() error {
 	if !userNameRE.MatchString(g.User) {
-		return badArg("user", g.User, "not a user name")
+		return rpc.BadArg("user", g.User, "not a user name")
 	}
 	if g.UID == 0 || g.UID == 1<<32-1 {
-		return badArg("uid", strconv.FormatUint(uint64(g.UID), 10), "root needs no grant, and -1 is no uid")
+		return rpc.BadArg("uid", strconv.FormatUint(uint64(g.UID), 10), "root needs no grant, and -1 is no uid")
 	}
 	if g.Net < 1 || g.Net > MaxNet {
-		return badArg("net", strconv.Itoa(g.Net), fmt.Sprintf("want 1..%d", MaxNet))
+		return rpc.BadArg("net", strconv.Itoa(g.Net), fmt.Sprintf("want 1..%d", MaxNet))
 	}
 	return ValidateSubnet("subnet", g.Subnet)
 }

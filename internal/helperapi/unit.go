@@ -6,6 +6,7 @@ import (
 	"unicode"
 
 	"github.com/banger-dev/banger/internal/paths"
+	"github.com/banger-dev/banger/internal/rpc"
 )
 
 // UnitOptions are the install-specific parts of banger-helper.service.
@@ -64,7 +65,7 @@ func (o UnitOptions) Validate() error {
 	switch o.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		return badArg("log-level", o.LogLevel, "want debug, info, warn or error")
+		return rpc.BadArg("log-level", o.LogLevel, "want debug, info, warn or error")
 	}
 	return nil
 }
@@ -73,11 +74,11 @@ func (o UnitOptions) Validate() error {
 // without spaces: what a unit file carries unquoted.
 func validatePath(arg, p string) error {
 	if p == "" || p[0] != '/' || filepath.Clean(p) != p || p == "/" || len(p) > 4095 {
-		return badArg(arg, p, "want an absolute, clean path")
+		return rpc.BadArg(arg, p, "want an absolute, clean path")
 	}
 	for _, r := range p {
 		if unicode.IsSpace(r) || !unicode.IsPrint(r) || strings.ContainsRune(`"'\$%;`, r) {
-			return badArg(arg, p, "characters a unit file would have to quote")
+			return rpc.BadArg(arg, p, "characters a unit file would have to quote")
 		}
 	}
 	return nil

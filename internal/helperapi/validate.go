@@ -27,12 +27,6 @@ const (
 	IfNameMax = 15
 )
 
-// badArg is the one error shape of this file: the argument, its value
-// (quoted, so a newline cannot forge a log line) and what is wrong.
-func badArg(arg, value, reason string) error {
-	return fmt.Errorf("argument %s %q: %s: %w", arg, truncate(value), reason, rpc.ErrBadRequest)
-}
-
 // truncate bounds a caller's value quoted in a message.
 func truncate(value string) string {
 	if len(value) > 80 {
@@ -46,18 +40,18 @@ func truncate(value string) string {
 func checkToken(arg, value string, maxLen int) error {
 	switch {
 	case value == "":
-		return badArg(arg, value, "empty")
+		return rpc.BadArg(arg, value, "empty")
 	case len(value) > maxLen:
-		return badArg(arg, value, fmt.Sprintf("longer than %d bytes", maxLen))
+		return rpc.BadArg(arg, value, fmt.Sprintf("longer than %d bytes", maxLen))
 	}
 	for i := 0; i < len(value); i++ {
 		c := value[i]
 		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-			return badArg(arg, value, fmt.Sprintf("character %q not allowed (want [a-z0-9-])", c))
+			return rpc.BadArg(arg, value, fmt.Sprintf("character %q not allowed (want [a-z0-9-])", c))
 		}
 	}
 	if strings.HasSuffix(value, "-") {
-		return badArg(arg, value, "ends with '-'")
+		return rpc.BadArg(arg, value, "ends with '-'")
 	}
 	return nil
 }
@@ -67,7 +61,7 @@ func checkPrefixed(arg, value, prefix string, minRest int) error {
 		return err
 	}
 	if !strings.HasPrefix(value, prefix) || len(value) < len(prefix)+minRest {
-		return badArg(arg, value, fmt.Sprintf("outside banger's names (want %s followed by [a-z0-9-])", prefix))
+		return rpc.BadArg(arg, value, fmt.Sprintf("outside banger's names (want %s followed by [a-z0-9-])", prefix))
 	}
 	return nil
 }
@@ -86,16 +80,16 @@ func ValidateTapName(arg, name string) error { return checkPrefixed(arg, name, T
 func ValidateIfName(arg, name string) error {
 	switch {
 	case name == "":
-		return badArg(arg, name, "empty")
+		return rpc.BadArg(arg, name, "empty")
 	case len(name) > IfNameMax:
-		return badArg(arg, name, fmt.Sprintf("longer than %d bytes", IfNameMax))
+		return rpc.BadArg(arg, name, fmt.Sprintf("longer than %d bytes", IfNameMax))
 	case name == "." || name == "..":
-		return badArg(arg, name, "not an interface name")
+		return rpc.BadArg(arg, name, "not an interface name")
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return badArg(arg, name, fmt.Sprintf("character %q not allowed in an interface name", c))
+			return rpc.BadArg(arg, name, fmt.Sprintf("character %q not allowed in an interface name", c))
 		}
 	}
 	return nil
@@ -132,10 +126,10 @@ func ValidateGatewayCIDR(arg, s string) error {
 	}
 	a := p.Addr()
 	if a == p.Masked().Addr() {
-		return badArg(arg, s, "is the subnet's network address; want the gateway's, e.g. "+p.Masked().Addr().Next().String()+"/"+strconv.Itoa(p.Bits()))
+		return rpc.BadArg(arg, s, "is the subnet's network address; want the gateway's, e.g. "+p.Masked().Addr().Next().String()+"/"+strconv.Itoa(p.Bits()))
 	}
 	if a == broadcast(p) {
-		return badArg(arg, s, "is the subnet's broadcast address")
+		return rpc.BadArg(arg, s, "is the subnet's broadcast address")
 	}
 	return nil
 }
@@ -148,7 +142,7 @@ func ValidateSubnet(arg, s string) error {
 		return err
 	}
 	if p.Masked() != p {
-		return badArg(arg, s, "not in network form; want "+p.Masked().String())
+		return rpc.BadArg(arg, s, "not in network form; want "+p.Masked().String())
 	}
 	return nil
 }
@@ -161,20 +155,20 @@ func GatewayOf(subnet netip.Prefix) string {
 
 func parseIPv4Prefix(arg, s string) (netip.Prefix, error) {
 	if s == "" {
-		return netip.Prefix{}, badArg(arg, s, "empty")
+		return netip.Prefix{}, rpc.BadArg(arg, s, "empty")
 	}
 	p, err := netip.ParsePrefix(s)
 	switch {
 	case err != nil:
-		return netip.Prefix{}, badArg(arg, s, "not an address/prefix")
+		return netip.Prefix{}, rpc.BadArg(arg, s, "not an address/prefix")
 	case !p.Addr().Is4():
-		return netip.Prefix{}, badArg(arg, s, "not IPv4")
+		return netip.Prefix{}, rpc.BadArg(arg, s, "not IPv4")
 	case p.String() != s:
-		return netip.Prefix{}, badArg(arg, s, "not canonical; want "+p.String())
+		return netip.Prefix{}, rpc.BadArg(arg, s, "not canonical; want "+p.String())
 	case p.Bits() < 16 || p.Bits() > 30:
-		return netip.Prefix{}, badArg(arg, s, "prefix length outside /16../30")
+		return netip.Prefix{}, rpc.BadArg(arg, s, "prefix length outside /16../30")
 	case !isPrivate(p):
-		return netip.Prefix{}, badArg(arg, s, "not private address space (want inside 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or 100.64.0.0/10)")
+		return netip.Prefix{}, rpc.BadArg(arg, s, "not private address space (want inside 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or 100.64.0.0/10)")
 	}
 	return p, nil
 }
@@ -227,10 +221,10 @@ func (p NATEnsureParams) Validate() error {
 			return err
 		}
 		if p.Egress == p.Bridge || strings.HasPrefix(p.Egress, BridgePrefix) || strings.HasPrefix(p.Egress, TapPrefix) {
-			return badArg("egress", p.Egress, "is one of banger's own interfaces")
+			return rpc.BadArg("egress", p.Egress, "is one of banger's own interfaces")
 		}
 		if slices.Contains(notUplinks, p.Egress) {
-			return badArg("egress", p.Egress, "is not an uplink (forwarding on it would be the whole host's, or loopback's); name the interface of a default route, or leave egress out")
+			return rpc.BadArg("egress", p.Egress, "is not an uplink (forwarding on it would be the whole host's, or loopback's); name the interface of a default route, or leave egress out")
 		}
 	}
 	return nil
@@ -248,7 +242,7 @@ func (p NATDeleteParams) Validate() error { return ValidateBridgeName("bridge", 
 func (p DNSListenParams) Validate() error {
 	a, err := netip.ParseAddr(p.Address)
 	if err != nil || !a.Is4() || a.String() != p.Address || !isPrivate(netip.PrefixFrom(a, 32)) {
-		return badArg("address", p.Address, "want the private IPv4 gateway address of a banger bridge")
+		return rpc.BadArg("address", p.Address, "want the private IPv4 gateway address of a banger bridge")
 	}
 	return nil
 }

@@ -71,13 +71,13 @@ func (s Spec) Validate() error {
 		return err
 	}
 	if n := len(s.AllPackages()); n > MaxPackages {
-		return badArg("packages", fmt.Sprintf("%d packages", n), fmt.Sprintf("at most %d with the %d base ones", MaxPackages, len(guest.BasePackages)))
+		return rpc.BadArg("packages", fmt.Sprintf("%d packages", n), fmt.Sprintf("at most %d with the %d base ones", MaxPackages, len(guest.BasePackages)))
 	}
 	if !guest.ValidVariant(s.Variant) {
-		return badArg("variant", s.Variant, "want lean or stock")
+		return rpc.BadArg("variant", s.Variant, "want lean or stock")
 	}
 	if r := s.RootfsSize; r != 0 && (r < MinRootfsSize || r > MaxRootfsSize || r%RootfsSizeUnit != 0) {
-		return badArg("rootfs_size", strconv.FormatInt(r, 10),
+		return rpc.BadArg("rootfs_size", strconv.FormatInt(r, 10),
 			fmt.Sprintf("want 0 (automatic) or a multiple of 1 MiB from %d MiB to %d GiB", MinRootfsSize>>20, MaxRootfsSize>>30))
 	}
 	return nil
@@ -103,19 +103,12 @@ func (s Spec) variant() string {
 	return s.Variant
 }
 
-func badArg(arg, value, reason string) error {
-	if len(value) > 80 {
-		value = value[:80] + "..."
-	}
-	return fmt.Errorf("argument %s %q: %s: %w", arg, value, reason, rpc.ErrBadRequest)
-}
-
 // ValidateSuite accepts a suite or codename: bookworm, trixie, sid,
 // stable, stable-backports...: [a-z]+ with at most one -[a-z]+. Whether
 // banger can verify it is Keyrings' business.
 func ValidateSuite(arg, suite string) error {
 	if !suiteRE.MatchString(suite) {
-		return badArg(arg, suite, "want a Debian suite such as bookworm ([a-z]+, optionally -[a-z]+)")
+		return rpc.BadArg(arg, suite, "want a Debian suite such as bookworm ([a-z]+, optionally -[a-z]+)")
 	}
 	return nil
 }
@@ -136,32 +129,32 @@ const mirrorPunct = "-._~:/?#@!&+,;="
 func ValidateMirror(arg, mirror string) error {
 	switch {
 	case mirror == "":
-		return badArg(arg, mirror, "empty")
+		return rpc.BadArg(arg, mirror, "empty")
 	case len(mirror) > MirrorMax:
-		return badArg(arg, mirror, fmt.Sprintf("longer than %d bytes", MirrorMax))
+		return rpc.BadArg(arg, mirror, fmt.Sprintf("longer than %d bytes", MirrorMax))
 	}
 	for i := 0; i < len(mirror); i++ {
 		c := mirror[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte(mirrorPunct, c) >= 0) {
-			return badArg(arg, mirror, fmt.Sprintf("character %q not allowed in a mirror URL (want letters, digits and %s)", c, mirrorPunct))
+			return rpc.BadArg(arg, mirror, fmt.Sprintf("character %q not allowed in a mirror URL (want letters, digits and %s)", c, mirrorPunct))
 		}
 	}
 	u, err := url.Parse(mirror)
 	switch {
 	case err != nil:
-		return badArg(arg, mirror, "not a URL")
+		return rpc.BadArg(arg, mirror, "not a URL")
 	case u.Scheme != "http" && u.Scheme != "https" || !strings.HasPrefix(mirror, u.Scheme+"://"):
-		return badArg(arg, mirror, "want an http:// or https:// URL")
+		return rpc.BadArg(arg, mirror, "want an http:// or https:// URL")
 	case u.Opaque != "" || u.Host == "" || u.Hostname() == "":
-		return badArg(arg, mirror, "no host")
+		return rpc.BadArg(arg, mirror, "no host")
 	case u.User != nil || strings.Contains(u.Host, "@"):
-		return badArg(arg, mirror, "user name or password in the URL")
+		return rpc.BadArg(arg, mirror, "user name or password in the URL")
 	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.ContainsAny(mirror, "?#"):
-		return badArg(arg, mirror, "query or fragment in the URL")
+		return rpc.BadArg(arg, mirror, "query or fragment in the URL")
 	}
 	if p := u.Port(); p != "" || strings.HasSuffix(u.Host, ":") {
 		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return badArg(arg, mirror, "bad port")
+			return rpc.BadArg(arg, mirror, "bad port")
 		}
 	}
 	return nil
@@ -176,16 +169,16 @@ func ValidateMirror(arg, mirror string) error {
 // ".deb" is refused too.
 func ValidatePackages(arg string, pkgs []string) error {
 	if len(pkgs) > MaxPackages {
-		return badArg(arg, fmt.Sprintf("%d packages", len(pkgs)), fmt.Sprintf("at most %d", MaxPackages))
+		return rpc.BadArg(arg, fmt.Sprintf("%d packages", len(pkgs)), fmt.Sprintf("at most %d", MaxPackages))
 	}
 	for _, p := range pkgs {
 		switch {
 		case !packageRE.MatchString(p):
-			return badArg(arg, p, "not a Debian package name ([a-z0-9][a-z0-9+.-]{1,62})")
+			return rpc.BadArg(arg, p, "not a Debian package name ([a-z0-9][a-z0-9+.-]{1,62})")
 		case strings.HasSuffix(p, "-"):
-			return badArg(arg, p, "a trailing '-' asks apt to remove the package")
+			return rpc.BadArg(arg, p, "a trailing '-' asks apt to remove the package")
 		case strings.HasSuffix(p, ".deb"):
-			return badArg(arg, p, "a .deb file, not a package name")
+			return rpc.BadArg(arg, p, "a .deb file, not a package name")
 		}
 	}
 	return nil

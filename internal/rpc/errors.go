@@ -115,6 +115,16 @@ func Errorf(sentinel error, format string, args ...any) error {
 	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), sentinel)
 }
 
+// BadArg is the one shape of a refused argument: its name, its value
+// (quoted, so a newline cannot forge a log line; at most 80 bytes shown)
+// and what is wrong, as bad_request.
+func BadArg(arg, value, reason string) error {
+	if len(value) > 80 {
+		value = value[:80] + "..."
+	}
+	return fmt.Errorf("argument %s %q: %s: %w", arg, value, reason, ErrBadRequest)
+}
+
 // NewErrorResponse builds the wire form of err for the op id: the code of
 // its sentinel (or of a nested *ErrorResponse), its hint, and its message. An op id that
 // an inner *ErrorResponse (from a nested call with the same id) already
