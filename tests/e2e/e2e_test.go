@@ -25,7 +25,7 @@ func requireE2E(t *testing.T) {
 	if os.Getenv("BANGER_E2E") != "1" && os.Getenv(testutil.EnvNetNS) == "" {
 		t.Skip("end-to-end tier: set BANGER_E2E=1 (make test-e2e) to boot real VMs")
 	}
-	for _, tool := range []string{"qemu-system-x86_64", "qemu-img", "debootstrap", "mke2fs", "debugfs", "resize2fs", "ssh", "ssh-keygen"} {
+	for _, tool := range []string{"qemu-system-x86_64", "qemu-img", "mmdebstrap", "mke2fs", "debugfs", "resize2fs", "ssh", "ssh-keygen"} {
 		testutil.RequireTool(t, tool)
 	}
 }
