@@ -50,6 +50,12 @@ type Spec struct {
 	// agent port (images older than guest contract 3). Firecracker's agent
 	// channel is its vsock device.
 	AgentSocket string
+
+	// MemoryFile, for qemu, is the file the guest's RAM lives in
+	// (memory-backend-file, share=on, on a tmpfs): a snapshot then writes
+	// only the device state and copies this file. "" is anonymous memory
+	// (a snapshot streams the RAM). Firecracker's memory is its own.
+	MemoryFile string
 }
 
 // Driver runs VMs with one VMM.
@@ -63,6 +69,37 @@ type Driver interface {
 	// Shutdown asks the guest to power off (ACPI power button, or
 	// Ctrl-Alt-Del); the caller waits, then kills the process.
 	Shutdown(ctx context.Context, s Spec) error
+}
+
+// Snapshotter is a Driver that can pause a VM, save a paused VM's state
+// and start a VMM from saved state (snapshots, forks and warm creates).
+// Both drivers implement it: qemu through QMP (stop, cont, a migration
+// stream to a file), Firecracker through its API (PATCH /vm,
+// PUT /snapshot/create, PUT /snapshot/load).
+type Snapshotter interface {
+	// Pause stops the guest's vCPUs; the VMM keeps running.
+	Pause(ctx context.Context, s Spec) error
+	// Resume runs a paused guest again.
+	Resume(ctx context.Context, s Spec) error
+	// Snapshot saves the paused guest's device state, and its memory,
+	// into dst's files (which it creates); the guest stays paused.
+	// The disks are the caller's to freeze.
+	Snapshot(ctx context.Context, s Spec, dst SnapshotFiles) error
+	// Restore starts the VMM with s's resources (disks, TAP, sockets) from
+	// src's state and returns its pid once the guest runs again.
+	Restore(ctx context.Context, s Spec, src SnapshotFiles) (pid int, err error)
+}
+
+// SnapshotFiles are the files of one saved VM state.
+type SnapshotFiles struct {
+	// State is the device state: qemu's migration stream, Firecracker's
+	// snapshot file.
+	State string
+	// Memory is the guest's memory: a file the restored VMM maps
+	// copy-on-write (qemu's memory-backend-file, Firecracker's
+	// mem_backend File), so untouched pages stay shared between clones.
+	// "" for qemu: the memory is in the State stream.
+	Memory string
 }
 
 // ErrNotRunning: the VMM is not there to ask.
