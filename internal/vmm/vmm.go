@@ -86,8 +86,15 @@ type Snapshotter interface {
 	// The disks are the caller's to freeze.
 	Snapshot(ctx context.Context, s Spec, dst SnapshotFiles) error
 	// Restore starts the VMM with s's resources (disks, TAP, sockets) from
-	// src's state and returns its pid once the guest runs again.
+	// src's state and returns its pid once the guest runs again, with its
+	// network link down where the VMM can do that (qemu: set_link), so a
+	// clone sends nothing under the snapshot's MAC and address before it
+	// is given its own.
 	Restore(ctx context.Context, s Spec, src SnapshotFiles) (pid int, err error)
+	// SetLink brings the guest's network link up or down (qemu's
+	// set_link); a VMM without such a control returns nil and documents
+	// it (Firecracker).
+	SetLink(ctx context.Context, s Spec, up bool) error
 }
 
 // SnapshotFiles are the files of one saved VM state.
