@@ -51,11 +51,12 @@ type Spec struct {
 	// channel is its vsock device.
 	AgentSocket string
 
-	// MemoryFile, for qemu, is the file the guest's RAM lives in
-	// (memory-backend-file, share=on, on a tmpfs): a snapshot then writes
-	// only the device state and copies this file. "" is anonymous memory
-	// (a snapshot streams the RAM). Firecracker's memory is its own.
-	MemoryFile string
+	// SharedMemory, for qemu, puts the guest's RAM in a memfd
+	// (memory-backend-memfd): a snapshot then writes only the device state
+	// and copies the RAM from the memfd, and nothing of it outlives the
+	// process. Without it the RAM is anonymous and a snapshot streams it.
+	// Firecracker's memory is its own.
+	SharedMemory bool
 }
 
 // Driver runs VMs with one VMM.
@@ -103,9 +104,10 @@ type SnapshotFiles struct {
 	// snapshot file.
 	State string
 	// Memory is the guest's memory: a file the restored VMM maps
-	// copy-on-write (qemu's memory-backend-file, Firecracker's
+	// copy-on-write (qemu's memory-backend-file share=off, Firecracker's
 	// mem_backend File), so untouched pages stay shared between clones.
-	// "" for qemu: the memory is in the State stream.
+	// "" for qemu: the memory is in the State stream (a VM whose RAM was
+	// not SharedMemory, such as a clone).
 	Memory string
 }
 
