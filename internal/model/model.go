@@ -17,12 +17,15 @@ const (
 	StateStopped VMState = "stopped"
 	// StateFailed: create or start failed; LastError says why.
 	StateFailed VMState = "failed"
+	// StatePaused: the VMM process is up, the guest's vCPUs stopped
+	// (vm pause); it stays paused across a daemon restart.
+	StatePaused VMState = "paused"
 )
 
 // Valid reports whether s is one of the known states.
 func (s VMState) Valid() bool {
 	switch s {
-	case StateCreating, StateRunning, StateStopped, StateFailed:
+	case StateCreating, StateRunning, StateStopped, StateFailed, StatePaused:
 		return true
 	}
 	return false
@@ -65,7 +68,15 @@ type VMRuntime struct {
 	SystemOverlay string  `json:"system_overlay,omitempty"` // strategy: reflink, qcow2, sparse-copy
 	OverlayPath   string  `json:"overlay_path,omitempty"`
 	WorkDiskPath  string  `json:"work_disk_path,omitempty"`
-	LastError     string  `json:"last_error,omitempty"`
+	// WorkDiskFormat is "raw" (made from the seed) or "qcow2" (an overlay
+	// over a frozen base: after a snapshot, or in a clone); "" is raw.
+	WorkDiskFormat string `json:"work_disk_format,omitempty"`
+	// Bases are the frozen disk files (model.Base ids) the VM's disks
+	// sit on directly: a snapshot's, or its own frozen at a snapshot.
+	Bases []string `json:"bases,omitempty"`
+	// Origin is the snapshot a VM was made from ("" for a cold boot).
+	Origin    string `json:"origin,omitempty"`
+	LastError string `json:"last_error,omitempty"`
 	// LastBoot is the stages of the last create or start with their
 	// durations: a fact about the VM kept across daemon restarts.
 	LastBoot []BootStage `json:"last_boot,omitempty"`
@@ -109,3 +120,39 @@ type Image struct {
 
 // HasWorkSeed reports whether VM creation can clone the work disk.
 func (i Image) HasWorkSeed() bool { return i.WorkSeedPath != "" }
+
+// Snapshot is one row of the snapshots table: a saved VM state (device
+// state, memory and frozen disks) in its directory, with the manifest a
+// restore must match.
+type Snapshot struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	// Kind is "vm" (banger vm snapshot), "template" (an image's warm
+	// template) or "fork" (made for one vm fork, gone with it).
+	Kind      string    `json:"kind"`
+	VMID      string    `json:"vm_id,omitempty"`
+	VMName    string    `json:"vm_name,omitempty"`
+	Image     string    `json:"image"`
+	Dir       string    `json:"dir"`
+	SizeBytes int64     `json:"size_bytes"`
+	Manifest  string    `json:"manifest"` // snapshot.Manifest as JSON
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Snapshot kinds.
+const (
+	SnapshotVM       = "vm"
+	SnapshotTemplate = "template"
+	SnapshotFork     = "fork"
+)
+
+// Base is one row of the bases table: a frozen, read-only disk file that
+// overlays (of VMs, of other bases) sit on. Backing is the base it sits on
+// in turn ("" when that is an image's rootfs or nothing).
+type Base struct {
+	ID        string    `json:"id"`
+	Path      string    `json:"path"`
+	Format    string    `json:"format"` // raw or qcow2
+	Backing   string    `json:"backing,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+}

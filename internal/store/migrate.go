@@ -91,6 +91,33 @@ CREATE INDEX vms_image ON vms (image);`,
 		name: "images: guest contract",
 		sql:  `ALTER TABLE images ADD COLUMN guest_contract INTEGER NOT NULL DEFAULT 1;`,
 	},
+	{
+		name: "snapshots, frozen disk bases, vms on them",
+		sql: `
+ALTER TABLE vms ADD COLUMN work_disk_format TEXT NOT NULL DEFAULT '';
+ALTER TABLE vms ADD COLUMN bases TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE vms ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+CREATE TABLE snapshots (
+	id         TEXT PRIMARY KEY NOT NULL,
+	name       TEXT NOT NULL UNIQUE,
+	kind       TEXT NOT NULL,
+	vm_id      TEXT NOT NULL DEFAULT '',
+	vm_name    TEXT NOT NULL DEFAULT '',
+	image      TEXT NOT NULL,
+	dir        TEXT NOT NULL,
+	size_bytes INTEGER NOT NULL DEFAULT 0,
+	manifest   TEXT NOT NULL,
+	created_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX snapshots_image ON snapshots (image);
+CREATE TABLE bases (
+	id         TEXT PRIMARY KEY NOT NULL,
+	path       TEXT NOT NULL UNIQUE,
+	format     TEXT NOT NULL,
+	backing    TEXT NOT NULL DEFAULT '',
+	created_at TEXT NOT NULL
+) STRICT;`,
+	},
 }
 
 // schemaVersion reads PRAGMA user_version.
