@@ -39,7 +39,17 @@ const AgentPortName = "banger.agent"
 
 // Args builds qemu's argv (without the binary) for s. It runs nothing, so
 // tests check it as is.
-func Args(s vmm.Spec) ([]string, error) {
+func Args(s vmm.Spec) ([]string, error) { return args(s, nil) }
+
+// incoming is how a restore's argv differs from a boot's: the guest's RAM
+// mapped copy-on-write from a snapshot's memory file (or, when memory is
+// "", in s's own RAM, filled by the stream), and qemu waiting, paused, for
+// the state.
+type incoming struct {
+	memory string
+}
+
+func args(s vmm.Spec, in *incoming) ([]string, error) {
 	if s.VCPUs < 1 || s.MemoryMiB < 64 {
 		return nil, fmt.Errorf("qemu: %d vCPUs and %d MiB are not a VM", s.VCPUs, s.MemoryMiB)
 	}
@@ -62,9 +72,28 @@ func Args(s vmm.Spec) ([]string, error) {
 	default:
 		return nil, fmt.Errorf("qemu: accel %q: want kvm or tcg", s.Accel)
 	}
+	machine := "microvm,acpi=on,x-option-roms=off,isa-serial=on,rtc=on"
+	var memory []string
+	switch {
+	case in != nil && in.memory != "":
+		if strings.ContainsAny(in.memory, ",\n") {
+			return nil, fmt.Errorf("qemu: memory file %q contains ',' or a newline", in.memory)
+		}
+		// share=off: a private, copy-on-write mapping of the snapshot's
+		// RAM; pages the clone never writes stay the file's, shared
+		// with every other clone through the page cache.
+		memory = []string{"-object", fmt.Sprintf("memory-backend-file,id=ram,size=%dM,mem-path=%s,share=off", s.MemoryMiB, in.memory)}
+	case s.SharedMemory:
+		// A memfd: a snapshot copies it (x-ignore-shared leaves it out
+		// of the migration stream) and nothing outlives the process.
+		memory = []string{"-object", fmt.Sprintf("memory-backend-memfd,id=ram,size=%dM,share=on", s.MemoryMiB)}
+	}
+	if memory != nil {
+		machine += ",memory-backend=ram"
+	}
 	args := []string{
 		"-name", "banger-" + s.Name + ",process=banger-" + s.Name,
-		"-M", "microvm,acpi=on,x-option-roms=off,isa-serial=on,rtc=on",
+		"-M", machine,
 		"-accel", accel, "-cpu", cpu,
 		"-smp", strconv.Itoa(s.VCPUs), "-m", strconv.Itoa(s.MemoryMiB),
 		// No -no-reboot: a guest's reboot restarts it in the same
@@ -113,6 +142,10 @@ func Args(s vmm.Spec) ([]string, error) {
 			"-chardev", "socket,id=agent,path="+s.AgentSocket+",server=on,wait=off",
 			"-device", "virtserialport,chardev=agent,name="+AgentPortName)
 	}
+	args = append(args, memory...)
+	if in != nil {
+		args = append(args, "-S", "-incoming", "defer")
+	}
 	args = append(args, "-qmp", "unix:"+s.APISocket+",server=on,wait=off")
 	return args, nil
 }
@@ -125,15 +158,34 @@ func (d *Driver) Start(ctx context.Context, s vmm.Spec) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	p, err := d.spawn(s, args)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := p.waitStatus(ctx, s, 15*time.Second, "running"); err != nil {
+		return 0, err
+	}
+	return p.pid, nil
+}
+
+// process is a qemu just started by spawn.
+type process struct {
+	pid    int
+	exited chan error
+}
+
+// spawn starts qemu with args, detached (its own session), its output
+// appended to s.LogPath.
+func (d *Driver) spawn(s vmm.Spec, args []string) (*process, error) {
 	_ = os.Remove(s.APISocket)
 	logf, err := os.OpenFile(s.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer logf.Close()
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer devnull.Close()
 	fmt.Fprintf(logf, "==> %s %s\n", time.Now().UTC().Format(time.RFC3339), strings.Join(append([]string{d.Binary}, args...), " "))
@@ -145,36 +197,46 @@ func (d *Driver) Start(ctx context.Context, s vmm.Spec) (int, error) {
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("starting %s: %w", d.Binary, err)
+		return nil, fmt.Errorf("starting %s: %w", d.Binary, err)
 	}
-	pid := cmd.Process.Pid
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }() // reaps it if it dies while bangerd lives
+	p := &process{pid: cmd.Process.Pid, exited: make(chan error, 1)}
+	go func() { p.exited <- cmd.Wait() }() // reaps it if it dies while bangerd lives
+	return p, nil
+}
 
-	deadline := time.Now().Add(15 * time.Second)
+// waitStatus polls QMP until the guest's run state is one of want, and
+// kills qemu if it does not get there within limit (or ctx ends).
+func (p *process) waitStatus(ctx context.Context, s vmm.Spec, limit time.Duration, want ...string) (string, error) {
+	deadline := time.Now().Add(limit)
 	for {
 		select {
-		case err := <-exited:
-			return 0, fmt.Errorf("qemu exited at start (%v); see %s", err, s.LogPath)
+		case err := <-p.exited:
+			return "", fmt.Errorf("qemu exited at start (%v); see %s", err, s.LogPath)
 		default:
 		}
 		st, err := QueryStatus(ctx, s.APISocket)
 		if err == nil {
-			if st == "running" {
-				return pid, nil
+			for _, w := range want {
+				if st == w {
+					return st, nil
+				}
 			}
 		}
 		if time.Now().After(deadline) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			return 0, fmt.Errorf("qemu's QMP did not report the guest running within 15s (%v); see %s", err, s.LogPath)
+			p.kill()
+			return "", fmt.Errorf("qemu's QMP did not report the guest %s within %v (status %q, %v); see %s", strings.Join(want, " or "), limit, st, err, s.LogPath)
 		}
 		select {
 		case <-ctx.Done():
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			return 0, ctx.Err()
-		case <-time.After(20 * time.Millisecond):
+			p.kill()
+			return "", ctx.Err()
+		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+func (p *process) kill() {
+	_ = syscall.Kill(p.pid, syscall.SIGKILL)
 }
 
 // Shutdown implements vmm.Driver: QMP system_powerdown, the ACPI power
