@@ -2,12 +2,15 @@ package qemu
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -57,31 +60,83 @@ func (d *Driver) SetLink(ctx context.Context, s vmm.Spec, up bool) error {
 	return err
 }
 
-// FreezeDisks makes the paused guest write, from now on, to a new qcow2
-// overlay per disk (QMP blockdev-snapshot-sync: each overlays[i], when not
-// "", gets s.Disks[i]'s current file as its backing file), leaving the
-// current files as they are at this instant: read-only bases for a
-// snapshot. The caller records the new paths as the VM's disks.
-func (d *Driver) FreezeDisks(ctx context.Context, s vmm.Spec, overlays []string) error {
-	if len(overlays) != len(s.Disks) {
-		return fmt.Errorf("qemu: %d overlays for %d disks", len(overlays), len(s.Disks))
+// Freeze is one disk to freeze (FreezeDisks): the new qcow2 overlay the
+// guest writes to from now on, and the path its current file is hard-linked
+// to as a frozen base.
+type Freeze struct {
+	Overlay string
+	Base    string
+}
+
+// FreezeDisks makes the guest write, from now on, to a new qcow2 overlay
+// per disk (QMP blockdev-snapshot-sync), leaving the current files as they
+// are at this instant: read-only bases. Each current file is hard-linked
+// to its Base path and the overlay's backing file name rewritten to it
+// (change-backing-file), so the base outlives the VM directory. fr[i]
+// belongs to s.Disks[i]; a zero Freeze leaves that disk alone. The caller
+// records the new paths, then removes the old names. Run it paused: the
+// disks' state then matches the device state saved next.
+func (d *Driver) FreezeDisks(ctx context.Context, s vmm.Spec, fr []Freeze) error {
+	if len(fr) > len(s.Disks) {
+		return fmt.Errorf("qemu: %d disks to freeze, the VM has %d", len(fr), len(s.Disks))
 	}
 	sess, err := Dial(ctx, s.APISocket)
 	if err != nil {
 		return err
 	}
 	defer sess.Close()
-	for i, o := range overlays {
-		if o == "" {
+	for i, f := range fr {
+		if f.Overlay == "" {
 			continue
 		}
+		dev := fmt.Sprintf("vd%c", 'a'+i)
+		node := "banger-" + filepath.Base(f.Overlay)
 		if _, err := sess.Run(ctx, "blockdev-snapshot-sync", map[string]any{
-			"device": fmt.Sprintf("vd%c", 'a'+i), "snapshot-file": o, "format": "qcow2",
+			"device": dev, "snapshot-file": f.Overlay, "snapshot-node-name": node, "format": "qcow2",
 		}); err != nil {
 			return fmt.Errorf("freezing disk %s: %w", s.Disks[i].ID, err)
 		}
+		if err := os.Link(s.Disks[i].Path, f.Base); err != nil && !os.IsExist(err) {
+			return fmt.Errorf("keeping disk %s's frozen state: %w", s.Disks[i].ID, err)
+		}
+		if _, err := sess.Run(ctx, "change-backing-file", map[string]any{
+			"device": dev, "image-node-name": node, "backing-file": f.Base,
+		}); err != nil {
+			return fmt.Errorf("pointing disk %s's overlay at %s: %w", s.Disks[i].ID, f.Base, err)
+		}
 	}
 	return nil
+}
+
+// ActiveDisks returns the file each disk of the VM writes to now, in disk
+// order, as qemu reports it (query-block): after a crash during
+// FreezeDisks, the truth about which overlay is in use.
+func (d *Driver) ActiveDisks(ctx context.Context, s vmm.Spec) ([]string, error) {
+	raw, err := Execute(ctx, s.APISocket, "query-block", nil)
+	if err != nil {
+		return nil, err
+	}
+	var devs []struct {
+		Device   string `json:"device"`
+		Inserted *struct {
+			File string `json:"file"`
+		} `json:"inserted"`
+	}
+	if err := json.Unmarshal(raw, &devs); err != nil {
+		return nil, err
+	}
+	var out []string
+	for i := 0; ; i++ {
+		found := false
+		for _, dv := range devs {
+			if dv.Device == fmt.Sprintf("vd%c", 'a'+i) && dv.Inserted != nil {
+				out, found = append(out, dv.Inserted.File), true
+			}
+		}
+		if !found {
+			return out, nil
+		}
+	}
 }
 
 // Snapshot implements vmm.Snapshotter. The guest must be paused. With
@@ -315,4 +370,35 @@ func memfdOf(pid int) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("qemu (pid %d) has no %s descriptor: was the VM started with its RAM in a memfd?", pid, memfdName)
+}
+
+// DeviceSet is a fingerprint of the machine and devices qemu gives a VM
+// of spec s: its argv with every per-VM value (name, paths, kernel command
+// line, MAC, TAP, disk formats, the memory backend) replaced. A snapshot
+// restores only into the same device set.
+func DeviceSet(s vmm.Spec) (string, error) {
+	c := s
+	c.ID, c.Name, c.MAC = "vm", "vm", "02:00:00:00:00:00"
+	c.Kernel, c.Initrd, c.Cmdline = "/k", "", ""
+	if s.Initrd != "" {
+		c.Initrd = "/i"
+	}
+	c.APISocket, c.LogPath, c.ConsolePath = "/a", "/l", "/c"
+	if c.AgentSocket != "" {
+		c.AgentSocket = "/g"
+	}
+	if c.TapFile != nil || c.TapName != "" {
+		c.TapFile, c.TapName = nil, "tap"
+	}
+	c.SharedMemory = false
+	c.Disks = make([]vmm.Disk, len(s.Disks))
+	for i, dk := range s.Disks {
+		c.Disks[i] = vmm.Disk{ID: dk.ID, Path: fmt.Sprintf("/d%d", i), Format: "raw", ReadOnly: dk.ReadOnly}
+	}
+	argv, err := Args(c)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256([]byte(strings.Join(argv, "\x00")))
+	return hex.EncodeToString(sum[:8]), nil
 }
