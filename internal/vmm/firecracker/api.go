@@ -130,3 +130,90 @@ type FirecrackerVersion struct {
 type apiError struct {
 	FaultMessage string `json:"fault_message,omitempty"`
 }
+
+// VMState is the state of a Vm body.
+type VMState string
+
+// The states PATCH /vm sets.
+const (
+	VMPaused  VMState = "Paused"
+	VMResumed VMState = "Resumed"
+)
+
+// VM is the body of PATCH /vm (definition Vm).
+type VM struct {
+	State VMState `json:"state"`
+}
+
+// SnapshotType is the snapshot_type of a SnapshotCreateParams.
+type SnapshotType string
+
+// The snapshot types. banger takes Full snapshots only: a Diff needs
+// track_dirty_pages and a chain of files to restore from.
+const (
+	SnapshotFull SnapshotType = "Full"
+	SnapshotDiff SnapshotType = "Diff"
+)
+
+// SnapshotCreateParams is the body of PUT /snapshot/create (definition
+// SnapshotCreateParams).
+type SnapshotCreateParams struct {
+	// MemFilePath receives the guest memory (created or truncated).
+	MemFilePath string `json:"mem_file_path"`
+	// SnapshotPath receives the device and vCPU state (created or truncated).
+	SnapshotPath string `json:"snapshot_path"`
+	// SnapshotType is Full (the default) or Diff.
+	SnapshotType SnapshotType `json:"snapshot_type,omitempty"`
+}
+
+// MemoryBackendType is the backend_type of a MemoryBackend.
+type MemoryBackendType string
+
+// The memory backends of PUT /snapshot/load.
+const (
+	// MemoryBackendFile maps the memory file MAP_PRIVATE: pages are read
+	// through the page cache on first touch and copied on first write, so
+	// the untouched pages of clones of one snapshot are shared.
+	MemoryBackendFile MemoryBackendType = "File"
+	// MemoryBackendUffd hands page faults to a process on a unix socket.
+	MemoryBackendUffd MemoryBackendType = "Uffd"
+)
+
+// MemoryBackend is the mem_backend of a SnapshotLoadParams (definition
+// MemoryBackend).
+type MemoryBackend struct {
+	BackendType MemoryBackendType `json:"backend_type"`
+	// BackendPath is the memory file (File) or the handler's socket (Uffd).
+	BackendPath string `json:"backend_path"`
+}
+
+// NetworkOverride replaces the TAP of one network interface of a snapshot
+// (definition NetworkOverride).
+type NetworkOverride struct {
+	IfaceID     string `json:"iface_id"`
+	HostDevName string `json:"host_dev_name"`
+}
+
+// VsockOverride replaces the unix socket of the snapshot's vsock device
+// (definition VsockOverride; Firecracker 1.16 and newer).
+type VsockOverride struct {
+	UDSPath string `json:"uds_path"`
+}
+
+// SnapshotLoadParams is the body of PUT /snapshot/load (definition
+// SnapshotLoadParams). The deprecated mem_file_path and
+// enable_diff_snapshots are left out: mem_backend replaces them.
+type SnapshotLoadParams struct {
+	SnapshotPath string `json:"snapshot_path"`
+	// MemBackend is required in practice: the spec wants exactly one of
+	// mem_backend and the deprecated mem_file_path.
+	MemBackend       *MemoryBackend    `json:"mem_backend,omitempty"`
+	TrackDirtyPages  bool              `json:"track_dirty_pages,omitempty"`
+	ResumeVM         bool              `json:"resume_vm,omitempty"`
+	NetworkOverrides []NetworkOverride `json:"network_overrides,omitempty"`
+	// VsockOverride is Firecracker 1.16's; older releases refuse the field.
+	VsockOverride *VsockOverride `json:"vsock_override,omitempty"`
+	// ClockRealtime advances kvmclock by the time since the snapshot (x86,
+	// Firecracker 1.16, host kernel 5.16 or newer).
+	ClockRealtime bool `json:"clock_realtime,omitempty"`
+}

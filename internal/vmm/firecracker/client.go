@@ -134,6 +134,45 @@ func (c *Client) Action(ctx context.Context, a ActionType) error {
 	return c.do(ctx, http.MethodPut, "/actions", InstanceActionInfo{ActionType: a}, nil)
 }
 
+// MachineConfig is GET /machine-config: after a snapshot load, the
+// snapshot's vCPU count and memory size.
+func (c *Client) MachineConfig(ctx context.Context) (MachineConfiguration, error) {
+	var m MachineConfiguration
+	err := c.do(ctx, http.MethodGet, "/machine-config", nil, &m)
+	return m, err
+}
+
+// PatchVM is PATCH /vm: pause or resume the vCPUs of a started VM.
+func (c *Client) PatchVM(ctx context.Context, state VMState) error {
+	return c.do(ctx, http.MethodPatch, "/vm", VM{State: state}, nil)
+}
+
+// CreateSnapshot is PUT /snapshot/create, on a paused VM. It writes the
+// whole guest memory, so it is bounded by SnapshotTimeout rather than
+// Timeout when Timeout is shorter.
+func (c *Client) CreateSnapshot(ctx context.Context, p SnapshotCreateParams) error {
+	return c.longer(SnapshotTimeout).do(ctx, http.MethodPut, "/snapshot/create", p, nil)
+}
+
+// LoadSnapshot is PUT /snapshot/load, on a fresh Firecracker (nothing but
+// the logger, metrics and serial configured). Bounded like CreateSnapshot.
+func (c *Client) LoadSnapshot(ctx context.Context, p SnapshotLoadParams) error {
+	return c.longer(SnapshotTimeout).do(ctx, http.MethodPut, "/snapshot/load", p, nil)
+}
+
+// SnapshotTimeout bounds PUT /snapshot/create and /snapshot/load: a full
+// snapshot writes all of the guest's memory (a GiB at disk speed); a load
+// maps it and is fast, but reads the state file and opens every device.
+const SnapshotTimeout = 2 * time.Minute
+
+// longer returns c with a timeout of at least d, sharing its connection.
+func (c *Client) longer(d time.Duration) *Client {
+	if c.Timeout >= d {
+		return c
+	}
+	return &Client{Timeout: d, socket: c.socket, hc: c.hc}
+}
+
 // do sends one request. Errors name the method and path; a socket nobody
 // answers on gives an error wrapping vmm.ErrNotRunning.
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {

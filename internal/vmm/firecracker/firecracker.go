@@ -9,8 +9,10 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/banger-dev/banger/internal/logging"
@@ -26,14 +28,21 @@ type Driver struct {
 	LogLevel string
 	// APITimeout bounds the wait for the API socket to answer after launch.
 	APITimeout time.Duration
+	// HaltPoll is how often the halt watch of a started or restored VM
+	// looks at its console (halt.go); 0 is DefaultHaltPoll, negative
+	// turns the watch off.
+	HaltPoll time.Duration
 
 	log *slog.Logger
-	// startProcess launches argv detached with its output appended to
-	// logPath. Tests swap it.
-	startProcess func(argv []string, logPath string) (*process, error)
+	// startProcess launches argv detached in directory dir with its
+	// output appended to logPath. Tests swap it.
+	startProcess func(argv []string, dir, logPath string) (*process, error)
 }
 
-var _ vmm.Driver = (*Driver)(nil)
+var (
+	_ vmm.Driver      = (*Driver)(nil)
+	_ vmm.Snapshotter = (*Driver)(nil)
+)
 
 // New returns a Firecracker driver running binary. A nil logger discards.
 func New(binary string, logger *slog.Logger) *Driver {
@@ -56,7 +65,23 @@ func (d *Driver) Name() string { return "firecracker" }
 const LoggerFile = "firecracker.log"
 
 // LoggerPath is where Firecracker's logger writes for s.
-func LoggerPath(s vmm.Spec) string { return filepath.Join(filepath.Dir(s.APISocket), LoggerFile) }
+func LoggerPath(s vmm.Spec) string { return filepath.Join(VMDir(s), LoggerFile) }
+
+// VMDir is the VM's directory, the API socket's: Firecracker runs there,
+// and the drives and the vsock socket inside it are given to Firecracker
+// relative to it, so that a snapshot (which records those paths as given)
+// restored in another VM's directory opens that VM's files.
+func VMDir(s vmm.Spec) string { return filepath.Dir(s.APISocket) }
+
+// inVMDir is path relative to s's VM directory when it lies inside it, and
+// path as is otherwise.
+func inVMDir(s vmm.Spec, path string) string {
+	rel, err := filepath.Rel(VMDir(s), path)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
+		return path
+	}
+	return rel
+}
 
 // NetIfaceID is the iface_id of the VM's one network interface.
 const NetIfaceID = "eth0"
@@ -66,51 +91,55 @@ func Args(binary string, s vmm.Spec) []string {
 	return []string{binary, "--api-sock", s.APISocket, "--id", s.ID}
 }
 
-// Request is one PUT of the boot sequence.
+// Request is one PUT of the boot or restore sequence.
 type Request struct {
 	Step string // for errors and logs: "logger", "drive rootfs", ...
 	Path string
 	Body any
+	// Timeout bounds the request when longer than the client's (a
+	// snapshot load).
+	Timeout time.Duration
 }
 
 // Requests validates s and builds the PUT requests that configure and
 // start its guest, in the order they are sent. It runs nothing, so tests
-// check it as is. logLevel is Firecracker's log level.
+// check it as is. logLevel is Firecracker's log level. Drive and vsock
+// paths inside the VM directory are relative to it (see VMDir).
 func Requests(s vmm.Spec, logLevel string) ([]Request, error) {
 	if err := validate(s); err != nil {
 		return nil, err
 	}
 	reqs := []Request{
-		{"logger", "/logger", Logger{LogPath: LoggerPath(s), Level: logLevel, ShowLevel: true}},
+		{Step: "logger", Path: "/logger", Body: Logger{LogPath: LoggerPath(s), Level: logLevel, ShowLevel: true}},
 	}
 	if s.MetricsPath != "" {
-		reqs = append(reqs, Request{"metrics", "/metrics", Metrics{MetricsPath: s.MetricsPath}})
+		reqs = append(reqs, Request{Step: "metrics", Path: "/metrics", Body: Metrics{MetricsPath: s.MetricsPath}})
 	}
 	reqs = append(reqs,
-		Request{"machine config", "/machine-config", MachineConfiguration{VCPUCount: s.VCPUs, MemSizeMiB: s.MemoryMiB}},
-		Request{"boot source", "/boot-source", BootSource{KernelImagePath: s.Kernel, InitrdPath: s.Initrd, BootArgs: s.Cmdline}},
+		Request{Step: "machine config", Path: "/machine-config", Body: MachineConfiguration{VCPUCount: s.VCPUs, MemSizeMiB: s.MemoryMiB}},
+		Request{Step: "boot source", Path: "/boot-source", Body: BootSource{KernelImagePath: s.Kernel, InitrdPath: s.Initrd, BootArgs: s.Cmdline}},
 	)
 	if s.ConsolePath != "" {
-		reqs = append(reqs, Request{"serial console", "/serial", SerialDevice{SerialOutPath: s.ConsolePath}})
+		reqs = append(reqs, Request{Step: "serial console", Path: "/serial", Body: SerialDevice{SerialOutPath: s.ConsolePath}})
 	}
 	for i, disk := range s.Disks {
-		reqs = append(reqs, Request{"drive " + disk.ID, "/drives/" + disk.ID, Drive{
+		reqs = append(reqs, Request{Step: "drive " + disk.ID, Path: "/drives/" + disk.ID, Body: Drive{
 			DriveID:      disk.ID,
-			PathOnHost:   disk.Path,
+			PathOnHost:   inVMDir(s, disk.Path),
 			IsRootDevice: i == 0,
 			IsReadOnly:   disk.ReadOnly,
 			CacheType:    "Unsafe", // as qemu's cache=unsafe: guest flushes are not forced to disk
 		}})
 	}
 	if s.TapName != "" {
-		reqs = append(reqs, Request{"network interface", "/network-interfaces/" + NetIfaceID, NetworkInterface{
+		reqs = append(reqs, Request{Step: "network interface", Path: "/network-interfaces/" + NetIfaceID, Body: NetworkInterface{
 			IfaceID: NetIfaceID, HostDevName: s.TapName, GuestMAC: s.MAC,
 		}})
 	}
 	if s.VSockPath != "" {
-		reqs = append(reqs, Request{"vsock", "/vsock", Vsock{GuestCID: s.VSockCID, UDSPath: s.VSockPath}})
+		reqs = append(reqs, Request{Step: "vsock", Path: "/vsock", Body: Vsock{GuestCID: s.VSockCID, UDSPath: inVMDir(s, s.VSockPath)}})
 	}
-	reqs = append(reqs, Request{"instance start", "/actions", InstanceActionInfo{ActionType: ActionInstanceStart}})
+	reqs = append(reqs, Request{Step: "instance start", Path: "/actions", Body: InstanceActionInfo{ActionType: ActionInstanceStart}})
 	return reqs, nil
 }
 
@@ -119,12 +148,6 @@ func Requests(s vmm.Spec, logLevel string) ([]Request, error) {
 const maxSocketPath = 107
 
 func validate(s vmm.Spec) error {
-	if err := checkInstanceID(s.ID); err != nil {
-		return err
-	}
-	if s.TapFile != nil {
-		return errors.New("firecracker: the spec passes an open TAP; firecracker opens its TAP by name (TapName)")
-	}
 	if s.Kernel == "" {
 		return errors.New("firecracker: no kernel: firecracker boots the image's ELF vmlinux")
 	}
@@ -158,20 +181,84 @@ func validate(s vmm.Spec) error {
 		}
 	}
 	if s.MAC != "" {
-		if hw, err := net.ParseMAC(s.MAC); err != nil || len(hw) != 6 {
-			return fmt.Errorf("firecracker: MAC %q is not a 6-byte MAC address", s.MAC)
+		if err := checkMAC(s.MAC); err != nil {
+			return err
+		}
+	}
+	if s.VSockPath != "" && s.VSockCID < 3 {
+		return fmt.Errorf("firecracker: vsock CID %d: guest CIDs start at 3", s.VSockCID)
+	}
+	paths := []string{s.Kernel, s.Initrd}
+	for _, disk := range s.Disks {
+		paths = append(paths, disk.Path)
+	}
+	return validateHost(s, paths...)
+}
+
+// validateHost checks what Start and Restore share: the TAP's name, the
+// files and sockets. Paths must be absolute: Firecracker runs in the VM
+// directory, not in bangerd's.
+func validateHost(s vmm.Spec, more ...string) error {
+	if err := checkInstanceID(s.ID); err != nil {
+		return err
+	}
+	if s.TapFile != nil {
+		return errors.New("firecracker: the spec passes an open TAP; firecracker opens its TAP by name (TapName)")
+	}
+	if s.TapName != "" {
+		if err := checkTapName(s.TapName); err != nil {
+			return err
 		}
 	}
 	if s.APISocket == "" || s.LogPath == "" {
 		return errors.New("firecracker: the spec needs an API socket and a log path")
+	}
+	for _, p := range append([]string{s.APISocket, s.LogPath, s.ConsolePath, s.MetricsPath, s.VSockPath}, more...) {
+		if p != "" && !filepath.IsAbs(p) {
+			return fmt.Errorf("firecracker: path %q is relative; the spec's paths must be absolute", p)
+		}
 	}
 	for _, p := range []string{s.APISocket, s.VSockPath} {
 		if len(p) > maxSocketPath {
 			return fmt.Errorf("firecracker: socket path %s is %d bytes, longer than a unix socket takes (%d)", p, len(p), maxSocketPath)
 		}
 	}
-	if s.VSockPath != "" && s.VSockCID < 3 {
-		return fmt.Errorf("firecracker: vsock CID %d: guest CIDs start at 3", s.VSockCID)
+	return nil
+}
+
+// checkMAC applies the rule of Firecracker's guest_mac parser: six
+// colon-separated pairs of hex digits. (net.ParseMAC also takes dashes,
+// dots and 8- or 20-byte addresses, which Firecracker refuses.)
+func checkMAC(mac string) error {
+	parts := strings.Split(mac, ":")
+	ok := len(parts) == 6
+	for _, p := range parts {
+		if len(p) != 2 || !isHex(p[0]) || !isHex(p[1]) {
+			ok = false
+		}
+	}
+	if !ok {
+		return fmt.Errorf("firecracker: MAC %q: want six pairs of hex digits separated by ':' (02:ab:cd:ef:01:23), the only form firecracker takes", mac)
+	}
+	return nil
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
+
+// ifNameSize is the kernel's IFNAMSIZ: an interface name and its NUL.
+const ifNameSize = 16
+
+// checkTapName applies the kernel's rules for an interface name, which
+// Firecracker opens the TAP by: under IFNAMSIZ bytes, not "." or "..",
+// no '/', ':' or white space.
+func checkTapName(name string) error {
+	if len(name) >= ifNameSize {
+		return fmt.Errorf("firecracker: TAP name %q is %d bytes: an interface name has at most %d (IFNAMSIZ %d, with its NUL)", name, len(name), ifNameSize-1, ifNameSize)
+	}
+	if name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n\r\v\f") {
+		return fmt.Errorf("firecracker: TAP name %q: an interface name is not . or .. and has no '/', ':' or white space", name)
 	}
 	return nil
 }
@@ -279,39 +366,65 @@ func (d *Driver) Start(ctx context.Context, s vmm.Spec) (int, error) {
 	if err := checkVmlinux(s.Kernel); err != nil {
 		return 0, err
 	}
-	if err := prepareFiles(s); err != nil {
-		return 0, err
-	}
-	p, err := d.startProcess(Args(d.Binary, s), s.LogPath)
+	p, c, v, err := d.launchAPI(ctx, s)
 	if err != nil {
-		return 0, fmt.Errorf("firecracker: starting %s: %w", d.Binary, err)
-	}
-	seeLogs := fmt.Sprintf("see %s and %s", s.LogPath, LoggerPath(s))
-	fail := func(err error) (int, error) {
-		p.kill()
-		log.WarnContext(ctx, "firecracker start failed", "pid", p.pid, "error", err.Error())
 		return 0, err
 	}
-
-	c := NewClient(s.APISocket)
 	defer c.Close()
-	info, err := d.waitAPI(ctx, c, p)
-	if err != nil {
-		return fail(fmt.Errorf("firecracker: %w; see %s", err, s.LogPath))
-	}
 	for _, r := range reqs {
-		t := time.Now()
-		if err := c.do(ctx, "PUT", r.Path, r.Body, nil); err != nil {
-			if p.exited() {
-				err = fmt.Errorf("%w (firecracker exited: %s)", err, p.status())
-			}
-			return fail(fmt.Errorf("firecracker: %s: %w; %s", r.Step, err, seeLogs))
+		if err := d.put(ctx, c, p, s, r); err != nil {
+			return 0, err
 		}
-		log.DebugContext(ctx, "firecracker request", "step", r.Step, "path", r.Path, logging.KeyDurationMS, time.Since(t).Milliseconds())
 	}
-	log.InfoContext(ctx, "firecracker started", "pid", p.pid, "version", info.VMMVersion,
+	d.watch(s, p)
+	log.InfoContext(ctx, "firecracker started", "pid", p.pid, "version", v.String(),
 		logging.KeyDurationMS, time.Since(t0).Milliseconds())
 	return p.pid, nil
+}
+
+// launchAPI prepares s's files, launches Firecracker in the VM directory,
+// waits for its API and checks its version. On an error it has killed the
+// process.
+func (d *Driver) launchAPI(ctx context.Context, s vmm.Spec) (*process, *Client, Version, error) {
+	if err := prepareFiles(s); err != nil {
+		return nil, nil, Version{}, err
+	}
+	p, err := d.startProcess(Args(d.Binary, s), VMDir(s), s.LogPath)
+	if err != nil {
+		return nil, nil, Version{}, fmt.Errorf("firecracker: starting %s: %w", d.Binary, err)
+	}
+	c := NewClient(s.APISocket)
+	if _, err := d.waitAPI(ctx, c, p); err != nil {
+		c.Close()
+		return nil, nil, Version{}, d.failed(ctx, s, p, fmt.Errorf("firecracker: %w; see %s", err, s.LogPath))
+	}
+	v, err := apiVersion(ctx, c, d.Binary)
+	if err != nil {
+		c.Close()
+		return nil, nil, Version{}, d.failed(ctx, s, p, fmt.Errorf("firecracker: %w", err))
+	}
+	return p, c, v, nil
+}
+
+// put sends one configuration request; on an error it kills p and says
+// which step failed, how, and where the logs are.
+func (d *Driver) put(ctx context.Context, c *Client, p *process, s vmm.Spec, r Request) error {
+	t := time.Now()
+	if err := c.longer(r.Timeout).do(ctx, http.MethodPut, r.Path, r.Body, nil); err != nil {
+		if p.exited() {
+			err = fmt.Errorf("%w (firecracker exited: %s)", err, p.status())
+		}
+		return d.failed(ctx, s, p, fmt.Errorf("firecracker: %s: %w; see %s and %s", r.Step, err, s.LogPath, LoggerPath(s)))
+	}
+	d.log.DebugContext(ctx, "firecracker request", logging.KeyVM, vmName(s), "step", r.Step, "path", r.Path, logging.KeyDurationMS, time.Since(t).Milliseconds())
+	return nil
+}
+
+// failed kills p and logs err, which it returns.
+func (d *Driver) failed(ctx context.Context, s vmm.Spec, p *process, err error) error {
+	p.kill()
+	d.log.WarnContext(ctx, "firecracker start failed", logging.KeyVM, vmName(s), "pid", p.pid, "error", err.Error())
+	return err
 }
 
 // waitAPI polls GET / until Firecracker answers, it exits, or APITimeout

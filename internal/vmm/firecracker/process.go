@@ -48,10 +48,10 @@ func (p *process) kill() {
 	}
 }
 
-// launch starts argv in its own session (so it outlives bangerd), stdin
+// launch starts argv in dir, in its own session (so it outlives bangerd), stdin
 // from /dev/null, stdout and stderr appended to logPath after a line
 // naming the command. A goroutine reaps it if it exits while bangerd runs.
-func launch(argv []string, logPath string) (*process, error) {
+func launch(argv []string, dir, logPath string) (*process, error) {
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
@@ -65,6 +65,7 @@ func launch(argv []string, logPath string) (*process, error) {
 	fmt.Fprintf(logf, "==> %s %s\n", time.Now().UTC().Format(time.RFC3339), runner.Argv(argv[0], argv[1:]...))
 
 	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = dir
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
