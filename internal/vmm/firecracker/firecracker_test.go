@@ -371,6 +371,14 @@ func TestStartRefusesBeforeLaunch(t *testing.T) {
 		"memory":       func(h *harness) { h.spec.MemoryMiB = 0 },
 		"vsock cid":    func(h *harness) { h.spec.VSockCID = 2 },
 		"mac":          func(h *harness) { h.spec.MAC = "02:00:00:00:01" },
+		// net.ParseMAC takes these; Firecracker's MacAddr does not.
+		"mac dashes":   func(h *harness) { h.spec.MAC = "02-00-00-00-00-01" },
+		"mac dots":     func(h *harness) { h.spec.MAC = "0200.0000.0001" },
+		"mac eui64":    func(h *harness) { h.spec.MAC = "02:00:00:00:00:00:00:01" },
+		"mac short":    func(h *harness) { h.spec.MAC = "2:0:0:0:0:1" },
+		"tap 16 bytes": func(h *harness) { h.spec.TapName = "tap-0123456789ab" },
+		"tap slash":    func(h *harness) { h.spec.TapName = "tap/0" },
+		"tap space":    func(h *harness) { h.spec.TapName = "tap 0" },
 		"no log":       func(h *harness) { h.spec.LogPath = "" },
 		"long socket":  func(h *harness) { h.spec.APISocket = "/" + strings.Repeat("s", 120) },
 		"not a socket": func(h *harness) { _ = os.WriteFile(h.spec.APISocket, nil, 0o600) },
@@ -394,6 +402,19 @@ func TestStartRefusesBeforeLaunch(t *testing.T) {
 				t.Fatal("Start launched firecracker")
 			}
 		})
+	}
+}
+
+// What Firecracker takes at the edge of the driver's rules: a TAP name of
+// 15 bytes (IFNAMSIZ less its NUL), upper-case hex in a MAC.
+func TestStartAcceptsLimits(t *testing.T) {
+	h := newHarness(t)
+	h.spec.TapName, h.spec.MAC = "tap-0123456789a", "02:AB:cd:EF:00:01"
+	if _, err := h.drv.Start(context.Background(), h.spec); err != nil {
+		t.Fatal(err)
+	}
+	if b := h.api.Body("PUT /network-interfaces/eth0"); b["host_dev_name"] != "tap-0123456789a" || b["guest_mac"] != "02:AB:cd:EF:00:01" {
+		t.Fatalf("body %v", b)
 	}
 }
 
@@ -444,6 +465,16 @@ func TestJSONFieldNamesMatchSpec(t *testing.T) {
 		{"NetworkInterface", NetworkInterface{}, NetworkInterface{IfaceID: "eth0", HostDevName: "tap0", GuestMAC: "02:00:00:00:00:01"}, nil},
 		{"Vsock", Vsock{}, Vsock{GuestCID: 3, UDSPath: "/v"}, nil},
 		{"InstanceActionInfo", InstanceActionInfo{}, InstanceActionInfo{ActionType: ActionSendCtrlAltDel}, nil},
+		{"Vm", VM{}, VM{State: VMPaused}, nil},
+		{"SnapshotCreateParams", SnapshotCreateParams{}, SnapshotCreateParams{MemFilePath: "/m", SnapshotPath: "/s", SnapshotType: SnapshotFull}, nil},
+		{"MemoryBackend", MemoryBackend{}, MemoryBackend{BackendType: MemoryBackendFile, BackendPath: "/m"}, nil},
+		{"NetworkOverride", NetworkOverride{}, NetworkOverride{IfaceID: "eth0", HostDevName: "tap0"}, nil},
+		{"VsockOverride", VsockOverride{}, VsockOverride{UDSPath: "v.sock"}, nil},
+		{"SnapshotLoadParams", SnapshotLoadParams{}, SnapshotLoadParams{
+			SnapshotPath: "/s", MemBackend: &MemoryBackend{BackendType: MemoryBackendFile, BackendPath: "/m"},
+			TrackDirtyPages: true, ResumeVM: true, NetworkOverrides: []NetworkOverride{{IfaceID: "eth0", HostDevName: "tap0"}},
+			VsockOverride: &VsockOverride{UDSPath: "v.sock"}, ClockRealtime: true,
+		}, nil},
 		{"InstanceInfo", InstanceInfo{}, InstanceInfo{AppName: "Firecracker", ID: "x", State: StateRunning, VMMVersion: "1.16.1"}, nil},
 		{"FirecrackerVersion", FirecrackerVersion{}, FirecrackerVersion{FirecrackerVersion: "1.16.1"}, nil},
 		{"Error", apiError{}, apiError{FaultMessage: "no"}, nil},
