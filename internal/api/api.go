@@ -198,7 +198,79 @@ const (
 	// is a stream to the VM's guest agent (docs/agent.md): the caller
 	// speaks the agent's frames over it.
 	MethodVMAgent = "vm.agent"
+
+	MethodVMPause    = "vm.pause"    // VMRef -> VMInfo
+	MethodVMResume   = "vm.resume"   // VMRef -> VMInfo
+	MethodVMSnapshot = "vm.snapshot" // VMSnapshotParams -> SnapshotInfo
+	// MethodVMRestoreBegin rolls a VM back to a snapshot in place:
+	// VMRestoreParams -> Operation (status: MethodVMCreateStatus).
+	MethodVMRestoreBegin = "vm.restore.begin"
+	// MethodVMForkBegin makes a new VM from a running one:
+	// VMForkParams -> Operation (status: MethodVMCreateStatus).
+	MethodVMForkBegin = "vm.fork.begin"
 )
+
+// Snapshot methods.
+const (
+	MethodSnapshotList   = "snapshot.list"   // SnapshotListParams -> []SnapshotInfo
+	MethodSnapshotShow   = "snapshot.show"   // SnapshotRef -> SnapshotInfo
+	MethodSnapshotDelete = "snapshot.delete" // SnapshotRef -> SnapshotInfo
+	// MethodImageWarmBegin makes an image's warm template: ImageWarmParams
+	// -> Operation (status: MethodVMCreateStatus).
+	MethodImageWarmBegin = "image.warm.begin"
+)
+
+// VMSnapshotParams: snapshot the VM Name as Snapshot ("" picks
+// NAME-YYYYMMDD-HHMMSS).
+type VMSnapshotParams struct {
+	Name     string `json:"name"`
+	Snapshot string `json:"snapshot,omitempty"`
+}
+
+// VMRestoreParams: roll the VM Name back to Snapshot.
+type VMRestoreParams struct {
+	Name     string `json:"name"`
+	Snapshot string `json:"snapshot"`
+}
+
+// VMForkParams: a new VM New from the running (or paused) VM Source.
+type VMForkParams struct {
+	Source string `json:"source"`
+	New    string `json:"new"`
+}
+
+// ImageWarmParams: make (or remake, with Force) the warm template of
+// image Name for a VM spec (zero values: the config's defaults).
+type ImageWarmParams struct {
+	Name          string `json:"name"`
+	VCPUs         int    `json:"vcpus,omitempty"`
+	MemoryMiB     int    `json:"memory_mib,omitempty"`
+	DiskSizeBytes int64  `json:"disk_size_bytes,omitempty"`
+	Force         bool   `json:"force,omitempty"`
+}
+
+// SnapshotRef names a snapshot by name or id.
+type SnapshotRef struct {
+	Name string `json:"name"`
+}
+
+// SnapshotListParams filter snapshot list; All includes templates and
+// forks' own.
+type SnapshotListParams struct {
+	All bool `json:"all,omitempty"`
+}
+
+// SnapshotInfo is a snapshot as list and show report it.
+type SnapshotInfo struct {
+	model.Snapshot
+	// Manifest, decoded: what it holds and what a restore must match.
+	Details json.RawMessage `json:"details,omitempty"`
+	// UsedBy are the VMs whose disks sit on its frozen disks.
+	UsedBy []string `json:"used_by"`
+	// TookMS is how long taking it paused the VM (vm snapshot only).
+	PausedMS int64 `json:"paused_ms,omitempty"`
+	TookMS   int64 `json:"took_ms,omitempty"`
+}
 
 // VMAgentParams name the VM whose agent to reach, and what for (exec, cp,
 // port-forward; for the daemon's log).
@@ -223,6 +295,10 @@ type VMCreateParams struct {
 	DiskSizeBytes int64  `json:"disk_size_bytes,omitempty"`
 	// BuildImage builds the default image first when it does not exist.
 	BuildImage bool `json:"build_image,omitempty"`
+	// From makes the VM from a snapshot instead of booting it.
+	From string `json:"from,omitempty"`
+	// Cold boots the VM even when a warm template matches.
+	Cold bool `json:"cold,omitempty"`
 }
 
 // VMRef names a VM by name, id or unique id prefix.

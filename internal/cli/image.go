@@ -23,7 +23,7 @@ func (a *app) imageCommand() *cobra.Command {
 as an ELF vmlinux (for Firecracker), and an initrd.`,
 	}
 	cmd.AddCommand(a.imageBuildCommand(), a.imageImportCommand(), a.imageListCommand(),
-		a.imageShowCommand(), a.imageDeleteCommand(), a.imageRebuildSeedCommand())
+		a.imageShowCommand(), a.imageDeleteCommand(), a.imageRebuildSeedCommand(), a.imageWarmCommand())
 	return cmd
 }
 

@@ -33,7 +33,8 @@ with the install's key.`,
 	cmd.AddCommand(a.vmCreateCommand(), a.vmRunCommand(), a.vmSSHCommand(), a.vmListCommand(),
 		a.vmShowCommand(), a.vmStopCommand(), a.vmStartCommand(), a.vmRestartCommand(),
 		a.vmDeleteCommand(), a.vmLogsCommand(), a.vmSSHConfigCommand(),
-		a.vmExecCommand(), a.vmCpCommand(), a.vmPortForwardCommand())
+		a.vmExecCommand(), a.vmCpCommand(), a.vmPortForwardCommand(),
+		a.vmPauseCommand(), a.vmResumeCommand(), a.vmSnapshotCommand(), a.vmRestoreCommand(), a.vmForkCommand())
 	return cmd
 }
 
@@ -53,6 +54,8 @@ func (f *createFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.p.MemoryMiB, "memory", 0, "memory in MiB (default: vm.memory_mib in config)")
 	fl.StringVar(&f.disk, "disk-size", "", "work disk size, e.g. 4G (default: vm.disk_size in config)")
 	fl.BoolVar(&f.noBuild, "no-build", false, "fail instead of building the default image when it does not exist")
+	fl.StringVar(&f.p.From, "from", "", "make the VM from this snapshot (its image and size) instead of booting it")
+	fl.BoolVar(&f.p.Cold, "cold", false, "boot the VM even when the image's warm template matches (and make no template)")
 }
 
 func (f *createFlags) params() (api.VMCreateParams, error) {
@@ -94,8 +97,15 @@ func (a *app) vmCreateCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "create --name NAME",
 		Short: "Create and boot a VM, showing each stage as it completes",
+		Long: `Creates a VM and waits until its guest agent (or SSH) answers. When the image
+has a warm template of the same size (banger image warm; the first cold create
+of the default size makes one), the VM is restored from it and given its own
+identity instead of booting: the "restore" stage says so, and the log says why a
+create booted cold. --cold always boots; --from makes it from a snapshot.`,
 		Example: `  banger vm create --name web
-  banger vm create --name big --vcpus 4 --memory 4096 --disk-size 20G`,
+  banger vm create --name big --vcpus 4 --memory 4096 --disk-size 20G
+  banger vm create --name web2 --from web-before-upgrade
+  banger vm create --name clean --cold`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			p, err := f.params()

@@ -61,6 +61,10 @@ type VMConfig struct {
 	DiskSize    Size     `toml:"disk_size" json:"disk_size"`
 	BootTimeout Duration `toml:"boot_timeout" json:"boot_timeout"`
 	StopTimeout Duration `toml:"stop_timeout" json:"stop_timeout"`
+	// Warm: a create restores its image's warm template when one matches
+	// (and the first create of the default spec makes it); false boots
+	// every VM cold.
+	Warm bool `toml:"warm" json:"warm"`
 }
 
 // ImageConfig holds the defaults of `image build`.
@@ -103,6 +107,7 @@ func Defaults() Config {
 			DiskSize:    4 << 30,
 			BootTimeout: Duration(180 * time.Second),
 			StopTimeout: Duration(20 * time.Second),
+			Warm:        true,
 		},
 		Image: ImageConfig{
 			Suite:         "bookworm",

@@ -215,6 +215,10 @@ func (d *Daemon) vmAgent(ctx context.Context, p api.VMAgentParams) (api.VMAgentR
 		return api.VMAgentResult{}, rpc.WithHint(rpc.Errorf(rpc.ErrConflict, "vm %s is not running (state %s)", vm.Name, vm.Runtime.State),
 			"start it: banger vm start "+vm.Name)
 	}
+	if vm.Runtime.State == model.StatePaused {
+		return api.VMAgentResult{}, rpc.WithHint(rpc.Errorf(rpc.ErrConflict, "vm %s is paused: its agent cannot answer", vm.Name),
+			"resume it: banger vm resume "+vm.Name)
+	}
 	img, err := d.store.GetImage(ctx, vm.Image)
 	if err != nil {
 		return api.VMAgentResult{}, err

@@ -49,6 +49,8 @@ type Daemon struct {
 	ops         *opRegistry
 
 	allocMu    sync.Mutex // IP and CID allocation
+	snapMu     sync.Mutex // snapshot deletion, template making and the bases' collection
+	snapping   sync.Map   // ids of the VMs a snapshot is being taken of
 	keyMu      sync.Mutex
 	pool       tapPool
 	netMu      sync.Mutex

@@ -438,11 +438,34 @@ func (d *Daemon) imageDelete(ctx context.Context, p api.ImageRef) (api.ImageInfo
 	if err != nil {
 		return api.ImageInfo{}, err
 	}
+	// Snapshots sit on the image's files: its templates go with it, a
+	// snapshot of a VM stops it.
+	sns, err := d.store.ListSnapshots(ctx)
+	if err != nil {
+		return api.ImageInfo{}, err
+	}
+	var templates []model.Snapshot
+	for _, sn := range sns {
+		if sn.Image != img.Name {
+			continue
+		}
+		if sn.Kind == model.SnapshotTemplate {
+			templates = append(templates, sn)
+			continue
+		}
+		return api.ImageInfo{}, rpc.WithHint(rpc.Errorf(rpc.ErrConflict, "image %s has snapshot %s (of vm %s), which sits on its files", img.Name, sn.Name, sn.VMName),
+			"delete it first: banger snapshot delete "+sn.Name)
+	}
 	if err := d.store.DeleteImage(ctx, p.Name); err != nil {
 		if errors.Is(err, rpc.ErrConflict) {
 			return api.ImageInfo{}, rpc.WithHint(err, "delete those VMs first: banger vm delete NAME")
 		}
 		return api.ImageInfo{}, err
+	}
+	for _, sn := range templates {
+		if err := d.deleteSnapshot(ctx, sn); err != nil {
+			d.log.WarnContext(ctx, "deleting an image's warm template", "image", img.Name, "snapshot", sn.Name, "error", err.Error())
+		}
 	}
 	if err := os.RemoveAll(img.Dir); err != nil {
 		d.log.WarnContext(ctx, "removing image directory", "image", img.Name, "dir", img.Dir, "error", err.Error())

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
-	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/rpc"
 	"github.com/banger-dev/banger/internal/version"
 )
@@ -36,6 +35,15 @@ func (d *Daemon) register(s *rpc.Server) {
 	rpc.Register(s, api.MethodVMShow, d.vmShow)
 	rpc.Register(s, api.MethodVMSSHInfo, d.vmSSHInfo)
 	rpc.Register(s, api.MethodVMAgent, d.vmAgent)
+	rpc.Register(s, api.MethodVMPause, d.vmPause)
+	rpc.Register(s, api.MethodVMResume, d.vmResume)
+	rpc.Register(s, api.MethodVMSnapshot, d.vmSnapshot)
+	rpc.Register(s, api.MethodVMRestoreBegin, d.vmRestoreBegin)
+	rpc.Register(s, api.MethodVMForkBegin, d.vmForkBegin)
+	rpc.Register(s, api.MethodSnapshotList, d.snapshotList)
+	rpc.Register(s, api.MethodSnapshotShow, d.snapshotShow)
+	rpc.Register(s, api.MethodSnapshotDelete, d.snapshotDelete)
+	rpc.Register(s, api.MethodImageWarmBegin, d.imageWarmBegin)
 }
 
 type noParams struct{}
@@ -76,7 +84,7 @@ func (d *Daemon) status(ctx context.Context, _ noParams) (api.DaemonStatus, erro
 	}
 	st.Counts.Images, st.Counts.VMs = len(imgs), len(vms)
 	for _, vm := range vms {
-		if vm.Runtime.State == model.StateRunning {
+		if vm.Runtime.State.Live() {
 			st.Counts.VMsRunning++
 		}
 	}

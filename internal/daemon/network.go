@@ -12,7 +12,6 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/helperapi"
-	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/rpc"
 )
 
@@ -190,7 +189,7 @@ func (d *Daemon) networkDown(ctx context.Context, _ noParams) (api.NetworkStatus
 	}
 	var running []string
 	for _, vm := range vms {
-		if vm.Runtime.State == model.StateRunning {
+		if vm.Runtime.State.Live() {
 			running = append(running, vm.Name)
 		}
 	}

@@ -173,7 +173,7 @@ func (d *Daemon) adoptPool(ctx context.Context, n netID) {
 	}
 	held := map[string]bool{}
 	for _, vm := range vms {
-		if vm.Runtime.State == model.StateRunning || vm.Runtime.State == model.StateCreating {
+		if vm.Runtime.State.Live() || vm.Runtime.State == model.StateCreating {
 			held[d.getHandles(vm).TapDevice] = true
 		}
 	}

@@ -103,6 +103,22 @@ func (d *Daemon) verify(ctx context.Context, _ noParams) (api.VerifyReport, erro
 		}
 	}
 
+	// Snapshot directories (their RAM and state files) and frozen disks
+	// without a row, and rows whose files are gone.
+	rep.Leaks = append(rep.Leaks, d.snapshotLeftovers(ctx)...)
+	if bases, err := d.store.ListBases(ctx); err == nil {
+		for _, b := range bases {
+			if !fileExists(b.Path) {
+				leak("base-missing", b.ID, "a frozen disk's row whose file "+b.Path+" is gone")
+			}
+		}
+	}
+	for _, vm := range vms {
+		if _, ok := readIntent(vm); ok && !d.snapshotRunning(vm.ID) {
+			leak("snapshot-intent", filepath.Join(vm.Runtime.VMDir, vmFileIntent), "a snapshot of "+vm.Name+" cut short and not reconciled")
+		}
+	}
+
 	if br, err := netlink.LinkByName(n.Bridge); netErr == nil && err == nil {
 		addrs, _ := netlink.AddrList(br, netlink.FAMILY_V4)
 		for _, a := range addrs {

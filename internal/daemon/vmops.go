@@ -208,6 +208,14 @@ func (d *Daemon) stopVM(ctx context.Context, vm model.VM, force bool) error {
 	if d.vmAlive(vm) {
 		h := d.getHandles(vm)
 		graceful := false
+		if vm.Runtime.State == model.StatePaused && !force {
+			// A paused guest cannot power itself off: run it again first.
+			if s, err := d.snapshotter(vm); err == nil {
+				if err := s.Resume(ctx, d.liveSpec(vm)); err != nil {
+					d.log.WarnContext(ctx, "resuming a paused vm to stop it", "vm", vm.Name, "error", err.Error())
+				}
+			}
+		}
 		if !force {
 			start := time.Now()
 			if err := d.shutdownVMM(ctx, vm); err != nil {
@@ -309,6 +317,9 @@ func (d *Daemon) vmDelete(ctx context.Context, p api.VMRef) (api.VMInfo, error) 
 		return api.VMInfo{}, err
 	}
 	d.log.InfoContext(ctx, "vm deleted", "vm", vm.Name, "id", vm.ID)
+	if len(vm.Runtime.Bases) > 0 {
+		d.gcBases(ctx) // the frozen disks only it sat on
+	}
 	vm.Runtime.State = model.StateStopped
 	return api.VMInfo{VM: vm}, nil
 }

@@ -70,6 +70,7 @@ func readHandlesFile(dir string) *model.VMHandles {
 // kept (its handles re-adopted); one whose VMM is gone is torn down and
 // stopped; a create a crash interrupted is rolled back to failed.
 func (d *Daemon) reconcileVMs(ctx context.Context) {
+	d.reconcileSnapshotDirs(ctx)
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
 		d.log.ErrorContext(ctx, "reconcile vms: listing", "error", err.Error())
@@ -77,7 +78,7 @@ func (d *Daemon) reconcileVMs(ctx context.Context) {
 	}
 	for _, vm := range vms {
 		switch vm.Runtime.State {
-		case model.StateRunning, model.StateCreating:
+		case model.StateRunning, model.StatePaused, model.StateCreating:
 		default:
 			continue
 		}
@@ -85,10 +86,18 @@ func (d *Daemon) reconcileVMs(ctx context.Context) {
 		d.setHandlesMem(vm, h)
 		alive := d.vmAlive(vm)
 		switch {
-		case vm.Runtime.State == model.StateRunning && alive:
+		case vm.Runtime.State.Live() && alive && fileExists(filepath.Join(vm.Runtime.VMDir, vmFileRestoring)):
+			// Restored, not yet re-identified: it must not run on.
 			d.setHandles(vm, h)
+			d.releaseRuntime(ctx, vm)
+			os.Remove(filepath.Join(vm.Runtime.VMDir, vmFileRestoring))
+			d.markStopped(ctx, vm, "a restore was cut short by a bangerd restart before the VM had its identity; start it (banger vm start "+vm.Name+") or restore it again")
+			d.log.WarnContext(ctx, "reconcile: stopped a vm restored without its identity", "vm", vm.Name)
+		case vm.Runtime.State.Live() && alive:
+			d.setHandles(vm, h)
+			d.reconcileRunState(ctx, vm)
 			d.log.InfoContext(ctx, "reconcile: re-adopted running vm", "vm", vm.Name, "pid", h.PID, "tap", h.TapDevice)
-		case vm.Runtime.State == model.StateRunning:
+		case vm.Runtime.State.Live():
 			d.releaseRuntime(ctx, vm)
 			d.markStopped(ctx, vm, "the VMM exited while bangerd was not running")
 			d.log.WarnContext(ctx, "reconcile: vm's VMM is gone; stopped it", "vm", vm.Name)
@@ -129,7 +138,7 @@ func (d *Daemon) monitor(ctx context.Context) {
 			continue
 		}
 		for _, vm := range vms {
-			if vm.Runtime.State != model.StateRunning || d.vmAlive(vm) {
+			if !vm.Runtime.State.Live() || d.vmAlive(vm) {
 				continue
 			}
 			d.handleVMMExit(ctx, vm)
@@ -141,7 +150,7 @@ func (d *Daemon) handleVMMExit(ctx context.Context, vm model.VM) {
 	unlock := d.lockVM(vm.ID)
 	defer unlock()
 	cur, err := d.store.GetVM(ctx, vm.ID)
-	if err != nil || cur.Runtime.State != model.StateRunning || d.vmAlive(cur) {
+	if err != nil || !cur.Runtime.State.Live() || d.vmAlive(cur) {
 		return // stopped, deleted or restarted meanwhile
 	}
 	h := d.getHandles(cur)

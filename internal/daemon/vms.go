@@ -69,18 +69,23 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.O
 	if err := model.ValidateName("vm", p.Name); err != nil {
 		return api.Operation{}, fmt.Errorf("%v: %w", err, rpc.ErrBadRequest)
 	}
-	if p.Image == "" {
-		p.Image = d.cfg.DefaultImage
+	var from model.Snapshot
+	if p.From != "" {
+		var err error
+		if from, err = d.lookupSnapshot(ctx, p.From); err != nil {
+			return api.Operation{}, err
+		}
+		m, err := decodeManifest(from)
+		if err != nil {
+			return api.Operation{}, err
+		}
+		// The snapshot's machine: its image, vCPUs, memory and disk.
+		if p.Image != "" && p.Image != from.Image {
+			return api.Operation{}, rpc.WithHint(rpc.Errorf(rpc.ErrBadRequest, "snapshot %s is of image %s, not %s", from.Name, from.Image, p.Image), "leave out --image with --from")
+		}
+		p.Image, p.VCPUs, p.MemoryMiB, p.DiskSizeBytes = from.Image, m.Machine.VCPUs, m.Machine.MemoryMiB, m.Machine.DiskSizeBytes
 	}
-	if p.VCPUs == 0 {
-		p.VCPUs = d.cfg.VM.VCPUs
-	}
-	if p.MemoryMiB == 0 {
-		p.MemoryMiB = d.cfg.VM.MemoryMiB
-	}
-	if p.DiskSizeBytes == 0 {
-		p.DiskSizeBytes = int64(d.cfg.VM.DiskSize)
-	}
+	d.createDefaults(&p)
 	switch {
 	case p.VCPUs < 1 || p.VCPUs > 64:
 		return api.Operation{}, rpc.Errorf(rpc.ErrBadRequest, "vcpus %d: want 1..64", p.VCPUs)
@@ -103,16 +108,63 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.O
 		return api.Operation{}, err
 	}
 
-	o := d.ops.start(ctx, "vm.create", p.Name, createStages)
+	// A snapshot (--from), the image's warm template, or a cold boot (which
+	// makes the template, for the default spec).
+	stages, why := createStages, ""
+	probe := d.probeVM(ctx, p)
+	switch {
+	case from.ID != "":
+		m, _ := decodeManifest(from)
+		if err := d.restoreCheck(ctx, probe, img, m, false); err != nil {
+			return api.Operation{}, err
+		}
+		stages = restoreStages
+	case img.Name == "" || !hasAgent(img):
+	case p.Cold:
+		why = "--cold"
+	case !d.cfg.VM.Warm:
+		why = "vm.warm is off in the config"
+	default:
+		sn, err := d.warmTemplate(ctx, probe, img)
+		if err == nil {
+			from, stages = sn, restoreStages
+		} else {
+			why = err.Error()
+			if d.defaultSpec(p) {
+				stages = templateStages
+			}
+		}
+	}
+	how := ""
+	switch {
+	case from.ID != "" && from.Kind == model.SnapshotTemplate:
+		how = "warm: restoring template " + from.Name
+	case from.ID != "":
+		how = "restoring snapshot " + from.Name
+	case why != "":
+		how = "cold boot: " + why
+	}
+	o := d.ops.start(ctx, "vm.create", p.Name, stages)
 	bctx := context.WithoutCancel(ctx)
-	var vm model.VM
-	if err := o.stage(ctx, d.log, "allocate", func() (string, error) {
-		var err error
-		vm, err = d.allocateVM(ctx, p)
-		return fmt.Sprintf("id %s, ip %s", vm.ID, vm.Runtime.GuestIP), err
-	}); err != nil {
+	vm, err := d.allocateStage(ctx, o, p, how)
+	if err != nil {
 		o.finish(nil, err)
 		return api.Operation{}, err
+	}
+	if from.ID != "" {
+		go func() {
+			vm, err := d.createFrom(bctx, o, vm, img, from)
+			if err != nil {
+				d.failCreate(bctx, o, vm, err)
+				return
+			}
+			vm = d.rememberBoot(bctx, vm, o)
+			o.finish(d.vmInfo(bctx, vm), nil)
+		}()
+		return o.snapshot(), nil
+	}
+	if why != "" {
+		d.log.InfoContext(ctx, "vm create boots cold", "vm", p.Name, "why", why)
 	}
 	go func() {
 		if img.Name == "" { // default image missing: build it first
@@ -131,10 +183,65 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.O
 			d.failCreate(bctx, o, vm, err)
 			return
 		}
+		if o.stageIndex("template") >= 0 {
+			if cur, err := d.store.GetVM(bctx, vm.ID); err == nil {
+				_ = d.makeTemplate(bctx, o, cur, img)
+				vm, _ = d.store.GetVM(bctx, vm.ID)
+			}
+		}
 		vm = d.rememberBoot(bctx, vm, o)
 		o.finish(d.vmInfo(bctx, vm), nil)
 	}()
 	return o.snapshot(), nil
+}
+
+// createDefaults fills a create's zero values from the config.
+func (d *Daemon) createDefaults(p *api.VMCreateParams) {
+	if p.Image == "" {
+		p.Image = d.cfg.DefaultImage
+	}
+	if p.VCPUs == 0 {
+		p.VCPUs = d.cfg.VM.VCPUs
+	}
+	if p.MemoryMiB == 0 {
+		p.MemoryMiB = d.cfg.VM.MemoryMiB
+	}
+	if p.DiskSizeBytes == 0 {
+		p.DiskSizeBytes = int64(d.cfg.VM.DiskSize)
+	}
+}
+
+// defaultSpec reports whether p asks for the config's VM spec: the one a
+// cold create makes a warm template for.
+func (d *Daemon) defaultSpec(p api.VMCreateParams) bool {
+	return p.VCPUs == d.cfg.VM.VCPUs && p.MemoryMiB == d.cfg.VM.MemoryMiB && p.DiskSizeBytes == int64(d.cfg.VM.DiskSize)
+}
+
+// probeVM is a VM of p's spec as allocateVM would make it, to compare
+// with a snapshot's machine before anything is allocated.
+func (d *Daemon) probeVM(ctx context.Context, p api.VMCreateParams) model.VM {
+	vm := model.VM{ID: "probe", Name: p.Name, Image: p.Image, VMM: d.vmmFor(ctx),
+		Spec: model.VMSpec{VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, DiskSizeBytes: p.DiskSizeBytes}}
+	dir := d.layout.VMDir("probe")
+	ip := "10.0.0.2"
+	if n, ok := d.cachedNetwork(); ok {
+		ip = n.Gateway().Next().String()
+	}
+	apiSock := filepath.Join(dir, vmFileQMP)
+	if vm.VMM == "firecracker" {
+		apiSock = filepath.Join(dir, vmFileFCSock)
+	}
+	vm.Runtime = model.VMRuntime{GuestIP: ip, MAC: "02:00:00:00:00:02", VSockCID: 3, VMDir: dir,
+		APISockPath: apiSock, VSockPath: filepath.Join(dir, vmFileVSock), LogPath: filepath.Join(dir, vmFileVMMLog),
+		ConsolePath: filepath.Join(dir, vmFileConsole), MetricsPath: filepath.Join(dir, vmFileMetrics),
+		WorkDiskPath: filepath.Join(dir, vmFileWork), OverlayPath: filepath.Join(dir, "rootfs.qcow2"), SystemOverlay: "qcow2"}
+	return vm
+}
+
+// vmmFor is the VMM a new VM gets.
+func (d *Daemon) vmmFor(ctx context.Context) string {
+	name, _, _ := d.chooseVMM(ctx, "")
+	return name
 }
 
 // buildDefaultImage builds the default image inside a VM create: its
@@ -361,6 +468,9 @@ func (d *Daemon) bootVM(ctx context.Context, o *operation, vm model.VM, img mode
 			return "", err
 		}
 		spec, err = d.vmSpec(vm, img, accel)
+		if spec.AgentSocket != "" {
+			os.Remove(spec.AgentSocket) // a stale one of a VMM that died
+		}
 		if err != nil {
 			return "", err
 		}
@@ -383,6 +493,9 @@ func (d *Daemon) bootVM(ctx context.Context, o *operation, vm model.VM, img mode
 			return "", vmError(vm, err)
 		}
 		h.PID = pid
+		if spec.SharedMemory {
+			h.Memory = "memfd"
+		}
 		d.setHandles(vm, h)
 		vm.Runtime.State, vm.Runtime.LastError = model.StateRunning, ""
 		if err := d.store.UpdateVM(ctx, &vm); err != nil {
@@ -488,23 +601,34 @@ func (d *Daemon) vmSpec(vm model.VM, img model.Image, accel string) (vmm.Spec, e
 		Kernel: kernel, Initrd: img.InitrdPath, Cmdline: cmdline,
 		Disks: []vmm.Disk{
 			{ID: "rootfs", Path: vm.Runtime.OverlayPath, Format: rootFormat},
-			{ID: "work", Path: vm.Runtime.WorkDiskPath, Format: "raw"},
+			{ID: "work", Path: vm.Runtime.WorkDiskPath, Format: workFormat(vm)},
 		},
-		TapName: d.getHandles(vm).TapDevice, MAC: vm.Runtime.MAC, Accel: accel,
+		// qemu's RAM in a memfd: a snapshot saves the device state alone
+		// and copies the memory.
+		SharedMemory: vm.VMM == "qemu",
+		TapName:      d.getHandles(vm).TapDevice, MAC: vm.Runtime.MAC, Accel: accel,
 		APISocket: vm.Runtime.APISockPath, LogPath: vm.Runtime.LogPath, ConsolePath: vm.Runtime.ConsolePath,
 		MetricsPath: vm.Runtime.MetricsPath, VSockPath: vm.Runtime.VSockPath, VSockCID: vm.Runtime.VSockCID,
 	}
-	if cfg := filepath.Join(dir, guest.ConfigDiskName); fileExists(cfg) {
+	if cfg := filepath.Join(dir, guest.ConfigDiskName); img.GuestContract >= guest.ContractConfigDisk || fileExists(cfg) {
 		s.Disks = append(s.Disks, vmm.Disk{ID: "config", Path: cfg, Format: "raw", ReadOnly: true})
 	}
 	if hasAgent(img) && vm.VMM == "qemu" {
 		s.AgentSocket = agentSocketPath(vm)
-		os.Remove(s.AgentSocket) // a stale one of a VMM that died
 	}
 	if s.APISocket == "" {
 		s.APISocket = filepath.Join(dir, vmFileQMP)
 	}
 	return s, nil
+}
+
+// workFormat is the format of vm's work disk: raw from the seed, qcow2
+// once frozen or in a clone.
+func workFormat(vm model.VM) string {
+	if vm.Runtime.WorkDiskFormat == "" {
+		return "raw"
+	}
+	return vm.Runtime.WorkDiskFormat
 }
 
 func fileExists(p string) bool {

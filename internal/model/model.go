@@ -31,6 +31,10 @@ func (s VMState) Valid() bool {
 	return false
 }
 
+// Live reports whether a VM in state s has a VMM process: running or
+// paused.
+func (s VMState) Live() bool { return s == StateRunning || s == StatePaused }
+
 // VMSpec is what the user asked for.
 type VMSpec struct {
 	VCPUs         int   `json:"vcpus"`
@@ -95,6 +99,10 @@ type BootStage struct {
 type VMHandles struct {
 	PID       int    `json:"pid,omitempty"`
 	TapDevice string `json:"tap_device,omitempty"`
+	// Memory is where the guest's RAM lives: "memfd" (a snapshot copies
+	// it), "snapshot" (a snapshot's memory file mapped copy-on-write: a
+	// snapshot streams it) or "" (anonymous, or a VMM of its own).
+	Memory string `json:"memory,omitempty"`
 }
 
 // Image is one row of the images table.
@@ -135,7 +143,7 @@ type Snapshot struct {
 	Image     string    `json:"image"`
 	Dir       string    `json:"dir"`
 	SizeBytes int64     `json:"size_bytes"`
-	Manifest  string    `json:"manifest"` // snapshot.Manifest as JSON
+	Manifest  string    `json:"-"` // snapshot.Manifest as JSON (api.SnapshotInfo.Details)
 	CreatedAt time.Time `json:"created_at"`
 }
 

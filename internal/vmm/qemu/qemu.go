@@ -142,6 +142,10 @@ func args(s vmm.Spec, in *incoming) ([]string, error) {
 			"-chardev", "socket,id=agent,path="+s.AgentSocket+",server=on,wait=off",
 			"-device", "virtserialport,chardev=agent,name="+AgentPortName)
 	}
+	// A virtio-rng device: the guest's kernel feeds its RNG from the
+	// host's, which matters most in clones restored from one snapshot
+	// (their RNG state is the snapshot's until reseeded).
+	args = append(args, "-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng0")
 	args = append(args, memory...)
 	if in != nil {
 		args = append(args, "-S", "-incoming", "defer")

@@ -35,6 +35,7 @@ func TestArgs(t *testing.T) {
 		"-drive id=vdb,file=/v/work.ext4,format=raw,if=none,cache=unsafe -device virtio-blk-device,drive=vdb " +
 		"-drive id=vdc,file=/v/config.tar,format=raw,if=none,cache=unsafe,readonly=on -device virtio-blk-device,drive=vdc " +
 		"-netdev tap,id=net0,ifname=tap-abc,script=no,downscript=no -device virtio-net-device,netdev=net0,mac=02:00:00:00:00:01 " +
+		"-object rng-random,id=rng0,filename=/dev/urandom -device virtio-rng-device,rng=rng0 " +
 		"-qmp unix:/v/qmp.sock,server=on,wait=off"
 	if got != want {
 		t.Fatalf("argv\n got %s\nwant %s", got, want)
@@ -50,7 +51,7 @@ func TestArgsAgentPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := "-device virtio-serial-device,max_ports=2 -chardev socket,id=agent,path=/v/agent.sock,server=on,wait=off " +
-		"-device virtserialport,chardev=agent,name=banger.agent -qmp "
+		"-device virtserialport,chardev=agent,name=banger.agent -object rng-random"
 	if got := strings.Join(args, " "); !strings.Contains(got, want) {
 		t.Fatalf("argv lacks %q:\n%s", want, got)
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -69,13 +70,17 @@ type Freeze struct {
 }
 
 // FreezeDisks makes the guest write, from now on, to a new qcow2 overlay
-// per disk (QMP blockdev-snapshot-sync), leaving the current files as they
-// are at this instant: read-only bases. Each current file is hard-linked
-// to its Base path and the overlay's backing file name rewritten to it
-// (change-backing-file), so the base outlives the VM directory. fr[i]
-// belongs to s.Disks[i]; a zero Freeze leaves that disk alone. The caller
-// records the new paths, then removes the old names. Run it paused: the
-// disks' state then matches the device state saved next.
+// per disk, leaving the current files as they are at this instant:
+// read-only bases. Each current file is hard-linked to its Base path
+// first; the overlay is made by qemu-img over the Base path with the
+// right backing format (-u: qemu holds the file's write lock) and put on
+// top with blockdev-snapshot-sync mode=existing. (Letting qemu make the
+// overlay and renaming its backing file with change-backing-file instead
+// records the overlay's own format as the backing format on qemu 7.2: a
+// raw base then reads as a broken qcow2.) fr[i] belongs to s.Disks[i]; a
+// zero Freeze leaves that disk alone. The caller records the new paths,
+// then removes the old names. Run it paused: the disks' state then
+// matches the device state saved next.
 func (d *Driver) FreezeDisks(ctx context.Context, s vmm.Spec, fr []Freeze) error {
 	if len(fr) > len(s.Disks) {
 		return fmt.Errorf("qemu: %d disks to freeze, the VM has %d", len(fr), len(s.Disks))
@@ -85,27 +90,82 @@ func (d *Driver) FreezeDisks(ctx context.Context, s vmm.Spec, fr []Freeze) error
 		return err
 	}
 	defer sess.Close()
+	sizes, err := virtualSizes(ctx, sess)
+	if err != nil {
+		return err
+	}
 	for i, f := range fr {
 		if f.Overlay == "" {
 			continue
 		}
 		dev := fmt.Sprintf("vd%c", 'a'+i)
-		node := "banger-" + filepath.Base(f.Overlay)
-		if _, err := sess.Run(ctx, "blockdev-snapshot-sync", map[string]any{
-			"device": dev, "snapshot-file": f.Overlay, "snapshot-node-name": node, "format": "qcow2",
-		}); err != nil {
-			return fmt.Errorf("freezing disk %s: %w", s.Disks[i].ID, err)
+		format := s.Disks[i].Format
+		if format == "" {
+			format = "raw"
+		}
+		size, ok := sizes[dev]
+		if !ok {
+			return fmt.Errorf("qemu: disk %s (%s) is not in query-block", s.Disks[i].ID, dev)
 		}
 		if err := os.Link(s.Disks[i].Path, f.Base); err != nil && !os.IsExist(err) {
 			return fmt.Errorf("keeping disk %s's frozen state: %w", s.Disks[i].ID, err)
 		}
-		if _, err := sess.Run(ctx, "change-backing-file", map[string]any{
-			"device": dev, "image-node-name": node, "backing-file": f.Base,
+		if out, err := exec.CommandContext(ctx, d.qemuImg(), "create", "-q", "-f", "qcow2", "-u",
+			"-F", format, "-b", f.Base, f.Overlay, strconv.FormatInt(size, 10)).CombinedOutput(); err != nil {
+			return fmt.Errorf("qemu-img create %s: %v: %s", f.Overlay, err, strings.TrimSpace(string(out)))
+		}
+		// A node name is at most 31 characters.
+		sum := sha256.Sum256([]byte(f.Overlay))
+		node := "bg-" + hex.EncodeToString(sum[:10])
+		if _, err := sess.Run(ctx, "blockdev-snapshot-sync", map[string]any{
+			"device": dev, "snapshot-file": f.Overlay, "snapshot-node-name": node, "format": "qcow2", "mode": "existing",
 		}); err != nil {
-			return fmt.Errorf("pointing disk %s's overlay at %s: %w", s.Disks[i].ID, f.Base, err)
+			os.Remove(f.Overlay)
+			return fmt.Errorf("freezing disk %s: %w", s.Disks[i].ID, err)
 		}
 	}
 	return nil
+}
+
+// virtualSizes maps each block device to its virtual size in bytes.
+func virtualSizes(ctx context.Context, sess *Session) (map[string]int64, error) {
+	raw, err := sess.Run(ctx, "query-block", nil)
+	if err != nil {
+		return nil, err
+	}
+	var devs []struct {
+		Device   string `json:"device"`
+		Inserted *struct {
+			Image struct {
+				VirtualSize int64 `json:"virtual-size"`
+			} `json:"image"`
+		} `json:"inserted"`
+	}
+	if err := json.Unmarshal(raw, &devs); err != nil {
+		return nil, err
+	}
+	out := map[string]int64{}
+	for _, dv := range devs {
+		if dv.Inserted != nil {
+			out[dv.Device] = dv.Inserted.Image.VirtualSize
+		}
+	}
+	return out, nil
+}
+
+// qemuImg is the qemu-img beside the driver's qemu, or the one in PATH.
+func (d *Driver) qemuImg() string {
+	if filepath.IsAbs(d.Binary) {
+		if p := filepath.Join(filepath.Dir(d.Binary), "qemu-img"); fileOK(p) {
+			return p
+		}
+	}
+	return "qemu-img"
+}
+
+func fileOK(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // ActiveDisks returns the file each disk of the VM writes to now, in disk
