@@ -16,6 +16,7 @@ import (
 	"github.com/banger-dev/banger/internal/imagebuild"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/rpc"
+	"github.com/banger-dev/banger/internal/vmm/firecracker"
 )
 
 // kvmCache remembers the KVM verdict: the API probe is cheap, the kernel
@@ -42,8 +43,19 @@ func (d *Daemon) kvmVerdict(ctx context.Context, kernel string) (hostcheck.KVMRe
 		d.kvm.api = &r
 		d.log.InfoContext(ctx, "kvm api probe", "usable", r.Usable, "detail", r.Detail)
 	}
-	if !d.kvm.api.Usable || kernel == "" {
-		return *d.kvm.api, !d.kvm.api.Usable
+	if !d.kvm.api.Usable {
+		return *d.kvm.api, true
+	}
+	if kernel == "" {
+		// No image to boot: a verdict recorded in this host boot with
+		// this qemu, of any kernel, still confirms (or refutes) it.
+		if qemu, err := exec.LookPath(d.cfg.Paths.Qemu); err == nil {
+			if r, ok := d.recordedHostKVM(qemu); ok {
+				r.Detail += " (recorded in this host boot)"
+				return r, true
+			}
+		}
+		return *d.kvm.api, false
 	}
 	if d.kvm.boot == nil || d.kvm.kernel != kernel {
 		qemu, err := exec.LookPath(d.cfg.Paths.Qemu)
@@ -94,7 +106,11 @@ func (d *Daemon) probeKernel(ctx context.Context) string {
 	return pick.KernelPath
 }
 
-// chooseVMM resolves config's vmm and accel for this host.
+// chooseVMM resolves config's vmm and accel for this host. Under vmm =
+// auto, Firecracker is chosen only where KVM works and Firecracker can
+// run banger's VMs: installed, 1.14 or newer, and /dev/net/tun open to
+// this user (Firecracker opens its TAP itself; qemu gets its TAP open
+// from the root helper, so it does not need that).
 func (d *Daemon) chooseVMM(ctx context.Context, kernel string) (vmm, accel, reason string) {
 	kvm, confirmed := d.kvmVerdict(ctx, kernel)
 	accel = d.cfg.Accel
@@ -108,19 +124,98 @@ func (d *Daemon) chooseVMM(ctx context.Context, kernel string) (vmm, accel, reas
 	case "qemu", "firecracker":
 		return d.cfg.VMM, accel, "set in config"
 	}
-	_, fcErr := exec.LookPath(d.cfg.Paths.Firecracker)
-	switch {
-	case kvm.Usable && fcErr == nil:
-		return "firecracker", "kvm", "auto: KVM works and firecracker is installed"
-	case kvm.Usable:
-		return "qemu", accel, "auto: firecracker is not installed"
-	default:
+	if !kvm.Usable {
 		note := ""
 		if !confirmed {
 			note = " (not yet confirmed by a kernel boot)"
 		}
 		return "qemu", accel, "auto: KVM cannot run guests here" + note + ": " + kvm.Detail
 	}
+	fc, why := d.firecrackerUsable(ctx)
+	if !fc {
+		return "qemu", accel, "auto: " + why
+	}
+	return "firecracker", "kvm", "auto: KVM works and " + why
+}
+
+// tunDevice is the TUN/TAP clone device (a variable for tests).
+var tunDevice = "/dev/net/tun"
+
+// fcVersions caches firecracker.CheckVersion by binary and file stamp: a
+// create asks chooseVMM, and the binary changes only with an upgrade.
+var fcVersions sync.Map
+
+type fcVersion struct {
+	path string
+	v    firecracker.Version
+	err  error
+}
+
+// firecrackerUsable reports whether Firecracker can run this user's VMs,
+// and says why in words for chooseVMM's reason.
+func (d *Daemon) firecrackerUsable(ctx context.Context) (bool, string) {
+	bin, err := exec.LookPath(d.cfg.Paths.Firecracker)
+	if err != nil {
+		return false, "firecracker is not installed"
+	}
+	key := bin + "\x00" + fileStamp(bin)
+	var fv fcVersion
+	if c, ok := fcVersions.Load(key); ok {
+		fv = c.(fcVersion)
+	} else {
+		fv.path, fv.v, fv.err = firecracker.CheckVersion(ctx, bin)
+		if ctx.Err() != nil {
+			return false, "firecracker's version: " + ctx.Err().Error()
+		}
+		fcVersions.Store(key, fv)
+	}
+	switch {
+	case firecracker.IsTooOld(fv.err):
+		return false, fmt.Sprintf("firecracker %s (%s) is older than %d.%d, the oldest banger drives", fv.v, bin, firecracker.MinVersion.Major, firecracker.MinVersion.Minor)
+	case fv.err != nil:
+		return false, "firecracker's version is unknown: " + fv.err.Error()
+	}
+	exists, open, _ := hostcheck.CheckDevice(tunDevice)
+	switch {
+	case !exists:
+		return false, fmt.Sprintf("firecracker opens its TAP itself and %s is missing", tunDevice)
+	case !open:
+		return false, fmt.Sprintf("firecracker opens its TAP itself and this user cannot open %s (qemu gets its TAP open from the root helper)", tunDevice)
+	}
+	return true, fmt.Sprintf("firecracker %s is installed", fv.v)
+}
+
+// vmmChoiceCheck is doctor's vmm line. Before a guest kernel has been
+// booted under KVM (no image yet, nothing recorded), a choice that
+// depends on KVM is "unconfirmed", with both outcomes, rather than the
+// KVM API probe's optimistic one.
+func vmmChoiceCheck(cfgVMM, cfgAccel, vmm, accel, reason string, kvm hostcheck.KVMResult, confirmed bool) hostcheck.Check {
+	dependsOnKVM := cfgVMM == "auto" && vmm == "firecracker" || vmm == "qemu" && cfgAccel == "auto"
+	if kvm.Usable && !confirmed && dependsOnKVM {
+		fallback := cfgAccel
+		if fallback == "auto" {
+			fallback = "tcg"
+		}
+		return hostcheck.Check{Name: "vmm", Status: hostcheck.Warn,
+			Detail: fmt.Sprintf("unconfirmed: %s with %s if a guest kernel boots under KVM, else qemu with %s (the KVM API works, but no guest kernel has been booted under it yet; %s)", vmm, accel, fallback, reason),
+			Hint:   "build or import an image (banger image build), then run banger doctor again"}
+	}
+	return hostcheck.Check{Name: "vmm", Status: hostcheck.OK, Detail: fmt.Sprintf("%s with %s (%s)", vmm, accel, reason)}
+}
+
+// procMisc is the kernel's list of misc devices (a variable for tests).
+var procMisc = hostcheck.ProcMisc
+
+// deviceMapperCheck is doctor's device-mapper line, from the kernel's
+// misc device list (a stale control node does not count). Nothing of
+// banger needs device-mapper (system overlays are reflinks, qcow2 or
+// sparse copies), so either answer is ok.
+func deviceMapperCheck(misc, control string) hostcheck.Check {
+	ok, detail := hostcheck.DeviceMapper(misc, control)
+	if !ok {
+		detail += "; banger does not need it"
+	}
+	return hostcheck.Check{Name: "device-mapper", Status: hostcheck.OK, Detail: detail}
 }
 
 func (d *Daemon) doctor(ctx context.Context, _ noParams) (api.DoctorReport, error) {
@@ -150,7 +245,7 @@ func (d *Daemon) doctor(ctx context.Context, _ noParams) (api.DoctorReport, erro
 		}
 	}
 	vmm, accel, reason := d.chooseVMM(ctx, kernel)
-	add("vmm", hostcheck.OK, fmt.Sprintf("%s with %s (%s)", vmm, accel, reason), "")
+	checks = append(checks, vmmChoiceCheck(d.cfg.VMM, d.cfg.Accel, vmm, accel, reason, kvm, confirmed))
 
 	qemuPath, qemuVer, qemuErr := hostcheck.BinaryVersion(ctx, d.cfg.Paths.Qemu)
 	if qemuErr != nil {
@@ -158,20 +253,17 @@ func (d *Daemon) doctor(ctx context.Context, _ noParams) (api.DoctorReport, erro
 	} else {
 		add("qemu", hostcheck.OK, qemuPath+": "+qemuVer, "")
 	}
-	if p, v, err := hostcheck.BinaryVersion(ctx, d.cfg.Paths.Firecracker); err != nil {
-		st := hostcheck.Warn
-		if vmm == "firecracker" {
-			st = hostcheck.Fail
-		}
-		add("firecracker", st, fmt.Sprintf("%s: %v", d.cfg.Paths.Firecracker, err), "optional: install firecracker on a host where KVM works; qemu is used meanwhile")
-	} else {
-		add("firecracker", hostcheck.OK, p+": "+v, "")
-	}
+	checks = append(checks, firecrackerCheck(ctx, d.cfg.Paths.Firecracker, vmm == "firecracker"))
 
-	if exists, open, _ := hostcheck.CheckDevice("/dev/net/tun"); !exists {
-		add("tun", hostcheck.Fail, "/dev/net/tun is missing", "load the tun module: modprobe tun")
+	if exists, open, _ := hostcheck.CheckDevice(tunDevice); !exists {
+		add("tun", hostcheck.Fail, tunDevice+" is missing", "load the tun module: modprobe tun")
 	} else if !open {
-		add("tun", hostcheck.OK, "/dev/net/tun exists but this user cannot open it; the root helper passes qemu its TAP as an open descriptor", "firecracker opens TAPs by name and needs /dev/net/tun usable by this user")
+		st := hostcheck.OK
+		if vmm == "firecracker" {
+			st = hostcheck.Fail // set in config: its creates would fail
+		}
+		add("tun", st, tunDevice+" exists but this user cannot open it; the root helper passes qemu its TAP as an open descriptor, and vmm = auto does not choose firecracker",
+			"firecracker opens its TAP itself and needs "+tunDevice+" usable by this user")
 	} else {
 		add("tun", hostcheck.OK, "/dev/net/tun usable", "")
 	}
@@ -180,6 +272,7 @@ func (d *Daemon) doctor(ctx context.Context, _ noParams) (api.DoctorReport, erro
 	} else {
 		add("nftables", hostcheck.Warn, detail, "guest egress NAT needs nf_tables: modprobe nf_tables")
 	}
+	checks = append(checks, deviceMapperCheck(procMisc, hostcheck.DeviceMapperControl))
 
 	hs := d.helperStatus(ctx)
 	switch {
@@ -263,6 +356,31 @@ func (d *Daemon) doctor(ctx context.Context, _ noParams) (api.DoctorReport, erro
 	}
 	checks = append(checks, imageChecks(imgs)...)
 	return api.DoctorReport{Checks: checks, OK: !hasFail(checks)}, nil
+}
+
+// firecrackerCheck is doctor's firecracker line: the binary and its
+// version, which must be firecracker.MinVersion or newer. A problem fails
+// the report when the config chose firecracker (needed), and only warns
+// otherwise.
+func firecrackerCheck(ctx context.Context, binary string, needed bool) hostcheck.Check {
+	c := hostcheck.Check{Name: "firecracker", Status: hostcheck.Warn}
+	if needed {
+		c.Status = hostcheck.Fail
+	}
+	p, v, err := firecracker.CheckVersion(ctx, binary)
+	switch {
+	case err == nil:
+		return hostcheck.Check{Name: "firecracker", Status: hostcheck.OK, Detail: fmt.Sprintf("%s: Firecracker %s", p, v)}
+	case firecracker.IsTooOld(err):
+		c.Detail, c.Hint = err.Error(), rpc.HintOf(err)
+	case p == "": // not found; the error names the binary
+		c.Detail = err.Error()
+		c.Hint = fmt.Sprintf("optional: install Firecracker %d.%d or newer on a host where KVM works; qemu is used meanwhile", firecracker.MinVersion.Major, firecracker.MinVersion.Minor)
+	default:
+		c.Detail = err.Error()
+		c.Hint = "check that " + p + " is Firecracker (its --version prints \"Firecracker vX.Y.Z\")"
+	}
+	return c
 }
 
 // imageChecks warns about images that make creates slower than they need

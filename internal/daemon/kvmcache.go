@@ -74,3 +74,23 @@ func (d *Daemon) rememberKVM(key kvmKey, r hostcheck.KVMResult) {
 		d.log.Warn("recording the kvm verdict", "err", err)
 	}
 }
+
+// recordedHostKVM is the recorded boot probe's verdict when it was made
+// in this host boot with this qemu binary, whatever kernel it booted: a
+// guest kernel has been booted under KVM here (or failed to), which is
+// what the KVM verdict needs when no image is left to probe with.
+func (d *Daemon) recordedHostKVM(qemu string) (hostcheck.KVMResult, bool) {
+	b, err := os.ReadFile(d.kvmRecordPath())
+	if err != nil {
+		return hostcheck.KVMResult{}, false
+	}
+	var rec kvmRecord
+	if json.Unmarshal(b, &rec) != nil {
+		return hostcheck.KVMResult{}, false
+	}
+	key, _ := newKVMKey(qemu, "")
+	if key.BootID == "" || key.Qemu == "" || rec.Key.BootID != key.BootID || rec.Key.Qemu != key.Qemu {
+		return hostcheck.KVMResult{}, false
+	}
+	return rec.Result, true
+}
