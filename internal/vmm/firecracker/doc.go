@@ -151,11 +151,14 @@
 // kernel. A failed load leaves Firecracker unusable (upstream exits), and
 // the driver kills it.
 //
-// The guest agent's vsock connection does not survive a snapshot: at the
-// load Firecracker resets the vsock transport (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET),
-// which closes every connection in the guest; the agent's listener stays,
-// and bangerd's agent dialer makes a new session (CONNECT 1024 on the
-// restored VM's own socket) on its next use, as after any broken session.
+// The guest agent's vsock connection does not survive a snapshot, on
+// either side: Firecracker writes a VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
+// into the guest's event queue as it saves the state (vsock/device.rs,
+// prepare_save), so the VM that was snapshotted, once resumed, and every
+// guest restored from the snapshot, once it runs, close all their vsock
+// connections. The agent's listener stays, and bangerd's agent dialer
+// makes a new session (CONNECT 1024 on the VM's own socket) when the
+// stale one fails, as after any broken session.
 //
 // SetLink does nothing and returns nil, as vmm.Snapshotter allows for a
 // VMM without a link control: Firecracker's API can change a network
