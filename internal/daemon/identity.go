@@ -29,7 +29,30 @@ func (d *Daemon) identify(ctx context.Context, vm model.VM, pid int, hostKey str
 	if err != nil {
 		return "", err
 	}
+	// A restored guest's agent may still be in the snapshot's session: it
+	// takes our handshake for that session's frames, drops it and waits
+	// for the next. So an attempt's handshake gets a short time, growing
+	// (a guest slowed by its neighbours answers late, not never).
+	attempt := 250 * time.Millisecond
 	for {
+		adl := time.Now().Add(attempt)
+		if adl.After(deadline) {
+			adl = deadline
+		}
+		if attempt < 4*time.Second {
+			attempt *= 2
+		}
+		actx, acancel := context.WithDeadline(ctx, adl)
+		_, err := d.agentSession(actx, vm)
+		acancel()
+		if err != nil {
+			d.agents.drop(vm.ID)
+			if berr := d.checkBooting(ctx, vm, pid, deadline); berr != nil {
+				return "", fmt.Errorf("%w (the agent: %v)", berr, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
 		ictx, cancel := context.WithDeadline(ctx, deadline)
 		st, err := d.agentStream(ictx, vm)
 		if err == nil {
@@ -38,7 +61,11 @@ func (d *Daemon) identify(ctx context.Context, vm model.VM, pid int, hostKey str
 			st.Close()
 			cancel()
 			if err == nil {
-				return fmt.Sprintf("%s: %s in %.1f ms in the guest (sshd reloaded: %v)", res.Interface, strings.Join(res.Steps(), ", "), float64(res.DurationUS)/1000, res.SSHDReloaded), nil
+				var steps []string
+				for _, s := range res.Applied {
+					steps = append(steps, fmt.Sprintf("%s %.0f", s.Step, float64(s.DurationUS)/1000))
+				}
+				return fmt.Sprintf("%s: %s ms, %.1f ms in the guest (sshd reloaded: %v)", res.Interface, strings.Join(steps, ", "), float64(res.DurationUS)/1000, res.SSHDReloaded), nil
 			}
 			if rpcRemote(err) {
 				return "", fmt.Errorf("the guest agent refused the identity: %w", err)

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/banger-dev/banger/internal/agent"
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/disk"
 	"github.com/banger-dev/banger/internal/guest"
@@ -296,6 +297,9 @@ func (d *Daemon) takeSnapshot(ctx context.Context, vm model.VM, req snapshotReq)
 	drv, err := d.snapshotter(vm)
 	if err != nil {
 		return res, err
+	}
+	if req.kind == model.SnapshotTemplate {
+		d.waitSSHD(ctx, vm)
 	}
 	_, accel, _ := d.chooseVMM(ctx, img.KernelPath)
 	bootSpec, err := d.vmSpec(vm, img, accel)
@@ -843,4 +847,24 @@ func humanBytes(n int64) string {
 func (d *Daemon) snapshotRunning(id string) bool {
 	_, ok := d.snapping.Load(id)
 	return ok
+}
+
+// waitSSHD waits (at most 20 s) for the guest's sshd to listen (its pid
+// file): a template taken then has sshd running in every clone, which
+// re-reads its new host key on a SIGHUP, instead of an sshd half started
+// that each clone's identity must wait for.
+func (d *Daemon) waitSSHD(ctx context.Context, vm model.VM) {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		st, err := d.agentStream(ctx, vm)
+		if err == nil {
+			r, err := agent.Stat(ctx, st, "/run/sshd.pid")
+			st.Close()
+			if err == nil && r.Exists && r.Size > 0 {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	d.log.WarnContext(ctx, "template: sshd wrote no pid file in 20 s; each clone waits for it", "vm", vm.Name)
 }

@@ -2,7 +2,9 @@
 // banger's create to agent-ready and the same boot to SSH-ready, against a
 // bare qemu boot of the same image, per-stage times, a command through the
 // agent against one over SSH, vm cp against scp (256 MiB each way), the work disk from the seed against from scratch, a TAP
-// from the pool against a new one, and `banger vm list` over 200 VMs. It
+// from the pool against a new one, `banger vm list` over 200 VMs, and
+// snapshots (snapshot_bench_test.go: cold against warm creates, forks, 10
+// warm creates at once, pause and resume, Pss of clones). It
 // prints a table and writes the figures as JSON. It asserts nothing about
 // speed: it is a measurement, run on demand (BANGER_BENCH=1), not a test.
 // Each run interleaves a banger create, a bare boot of the same image and a
@@ -124,7 +126,7 @@ func TestBenchCreate(t *testing.T) {
 		name := fmt.Sprintf("b%d", i)
 		start := time.Now()
 		var info api.VMInfo
-		e.JSON(&info, "vm", "create", "--name", name)
+		e.JSON(&info, "vm", "create", "--name", name, "--cold")
 		total = append(total, ms(time.Since(start)))
 		for _, st := range info.Runtime.LastBoot {
 			if _, ok := perStage[st.Name]; !ok {
@@ -187,7 +189,7 @@ func TestBenchCreate(t *testing.T) {
 			steps[(i+k)%len(steps)](i)
 		}
 	}
-	agentReady := summarize("banger create to agent-ready (CLI wall)", total)
+	agentReady := summarize("cold create to agent-ready (CLI wall)", total)
 	add(agentReady)
 	for _, n := range order {
 		add(summarize("  stage "+n, perStage[n]))
@@ -214,6 +216,14 @@ func TestBenchCreate(t *testing.T) {
 		res.Ratios["vm cp/scp out, time median (target <= 1)"] = cout.Median / sout.Median
 	}
 
+	// Snapshots: warm creates, forks, parallel creates, pause and resume,
+	// Pss, many clones (BANGER_BENCH_CLONES, default 32, of 1 GiB).
+	clones := 32
+	if v := os.Getenv("BANGER_BENCH_CLONES"); v != "" {
+		clones, _ = strconv.Atoi(v)
+	}
+	snapshotBench(t, e, runs, total, clones, 1024, add, res.Ratios)
+
 	// A new TAP per create: no pool.
 	e.MustBanger("network", "down")
 	e.MustBanger("daemon", "stop")
@@ -222,7 +232,7 @@ func TestBenchCreate(t *testing.T) {
 	for i := 0; i < runs; i++ {
 		name := fmt.Sprintf("n%d", i)
 		var info api.VMInfo
-		e.JSON(&info, "vm", "create", "--name", name)
+		e.JSON(&info, "vm", "create", "--name", name, "--cold")
 		for _, st := range info.Runtime.LastBoot {
 			if st.Name == "network" {
 				stagesNew = append(stagesNew, float64(st.DurationMS))
