@@ -122,8 +122,30 @@ func (d *Driver) watch(s vmm.Spec, p *process) {
 			return false
 		}
 	}
-	kill := func() error { return syscall.Kill(p.pid, syscall.SIGKILL) }
-	go d.watchHalt(context.Background(), s, p.pid, wait, kill)
+	// The kill goes through a pidfd: the pid of a child reaped between a
+	// look at the console and the kill could be another process's. The
+	// pidfd is the child's if the child was not yet reaped once it is
+	// open (p.done closes only after the reaping).
+	fd, err := unix.PidfdOpen(p.pid, 0)
+	if err == nil && p.exited() {
+		unix.Close(fd)
+		return
+	}
+	kill := func() error { return unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) }
+	if err != nil { // no pidfd_open (Linux < 5.3): the kill checks the child first
+		kill = func() error {
+			if p.exited() {
+				return nil
+			}
+			return syscall.Kill(p.pid, syscall.SIGKILL)
+		}
+	}
+	go func() {
+		if err == nil {
+			defer unix.Close(fd)
+		}
+		d.watchHalt(context.Background(), s, p.pid, wait, kill)
+	}()
 }
 
 // WatchHalt runs the halt watch of a Firecracker this process did not
@@ -194,7 +216,7 @@ func (d *Driver) watchHalt(ctx context.Context, s vmm.Spec, pid int, wait func(t
 		}
 		d.log.WarnContext(ctx, "firecracker: the guest halted (it cannot power off under firecracker); killing its firecracker",
 			logging.KeyVM, vmName(s), "pid", pid, "console", path)
-		if err := kill(); err != nil {
+		if err := kill(); err != nil && !errors.Is(err, unix.ESRCH) { // ESRCH: it exited meanwhile
 			d.log.WarnContext(ctx, "firecracker: killing the halted guest's firecracker", logging.KeyVM, vmName(s), "pid", pid, "error", err.Error())
 		}
 		wait(5 * time.Second)
