@@ -122,13 +122,16 @@ func TestWatchHaltByPid(t *testing.T) {
 	s := vmm.Spec{Name: "demo", APISocket: filepath.Join(dir, "api.sock"), ConsolePath: filepath.Join(dir, "console.log")}
 	os.WriteFile(s.ConsolePath, []byte(consoleTail), 0o600)
 	// A stand-in whose command line is Firecracker's: sh -c 'sleep 60' firecracker --api-sock SOCK --id x
+	// In a process group of its own: the kill ends sh, and the cleanup
+	// ends its sleep, which would otherwise outlive the test.
 	cmd := exec.Command("sh", "-c", "sleep 60", "firecracker", "--api-sock", s.APISocket, "--id", "x")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() { cmd.Process.Kill() })
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
 
 	d := New("firecracker", nil)
 	d.HaltPoll = 10 * time.Millisecond
