@@ -55,11 +55,16 @@
 // Start kills Firecracker and returns an error naming the step, the
 // endpoint, Firecracker's fault_message and the log files.
 //
-// Drive paths and the vsock socket that lie inside the VM directory are
-// given relative to it (Firecracker runs there): a snapshot records them
-// as given, so a snapshot restored by a Firecracker running in another
-// VM's directory opens that VM's disks and binds that VM's socket, which
-// Firecracker before 1.16 (no vsock_override) could not be told.
+// Drives are given to Firecracker as symbolic links in the VM directory,
+// fc-drive-ID (DriveLink), which Start and Restore point at the Spec's
+// disk files, and the vsock socket, when it lies in the VM directory, by
+// its name relative to it (Firecracker runs there). A snapshot records
+// those paths as given and PUT /snapshot/load has no override for drives
+// (nor, before 1.16, for the vsock), so a restore by a Firecracker running
+// in another VM's directory opens that VM's disks through its own links,
+// whatever its files are called (a clone's overlays have names of their
+// own), and binds that VM's socket; the vsock socket must have the same
+// name in every VM directory (the daemon's is vsock.sock).
 //
 // Firecracker adds root=/dev/vda (and ro or rw) to the command line for the
 // root drive itself. The command line should carry console=ttyS0 for a
@@ -145,7 +150,7 @@
 // restore (File backend), so clones of one snapshot share its untouched
 // pages through the page cache. The disks are the caller's to freeze (the
 // daemon copies or reflinks them while the guest is paused); the snapshot
-// records the drive paths as Start gave them (relative, see above).
+// records the drive paths as Start gave them (the links, see above).
 // clock_realtime is not sent: the daemon sets the guest's clock through
 // the agent, and the option needs a 1.16 Firecracker and a 5.16 host
 // kernel. A failed load leaves Firecracker unusable (upstream exits), and
@@ -182,6 +187,6 @@
 // state rules (a load only before any boot resource, pause and snapshots
 // only after a start, a snapshot only when paused) and upstream's fault
 // messages; it opens and writes the files Firecracker would, relative to
-// its working directory, so a restore into another VM's directory is
-// checked to open that VM's files.
+// its working directory, so a restore into another VM's directory, whose
+// disk files are named otherwise, is checked to open that VM's files.
 package firecracker

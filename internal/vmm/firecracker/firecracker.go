@@ -67,11 +67,42 @@ const LoggerFile = "firecracker.log"
 // LoggerPath is where Firecracker's logger writes for s.
 func LoggerPath(s vmm.Spec) string { return filepath.Join(VMDir(s), LoggerFile) }
 
-// VMDir is the VM's directory, the API socket's: Firecracker runs there,
-// and the drives and the vsock socket inside it are given to Firecracker
-// relative to it, so that a snapshot (which records those paths as given)
-// restored in another VM's directory opens that VM's files.
+// VMDir is the VM's directory, the API socket's: Firecracker runs there.
+// The drives and the vsock socket are given to Firecracker by names
+// relative to it (DriveLink, inVMDir), so that a snapshot, which records
+// those paths as given, restored in another VM's directory opens that
+// VM's files.
 func VMDir(s vmm.Spec) string { return filepath.Dir(s.APISocket) }
+
+// DriveLink is the name, in the VM directory, of the symbolic link
+// through which Firecracker opens drive id: "fc-drive-rootfs" and so on.
+// Start and Restore point it at the Spec's disk, whatever the file is
+// called, so a snapshot (which records the name) opens the restoring VM's
+// own disks even when they are named otherwise than the snapshotted VM's
+// (a clone's overlay files carry names of their own); Firecracker's load
+// has no override for drives.
+func DriveLink(id string) string { return "fc-drive-" + id }
+
+// linkDrives points each disk's DriveLink at its file (absolute), replacing
+// an older link; a DriveLink that is not a link is refused.
+func linkDrives(s vmm.Spec) error {
+	for _, disk := range s.Disks {
+		link := filepath.Join(VMDir(s), DriveLink(disk.ID))
+		if fi, err := os.Lstat(link); err == nil && fi.Mode().Type() != fs.ModeSymlink {
+			return fmt.Errorf("firecracker: %s exists and is not a symbolic link", link)
+		}
+		tmp := link + ".tmp"
+		os.Remove(tmp)
+		if err := os.Symlink(disk.Path, tmp); err != nil {
+			return fmt.Errorf("firecracker: linking drive %s: %w", disk.ID, err)
+		}
+		if err := os.Rename(tmp, link); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("firecracker: linking drive %s: %w", disk.ID, err)
+		}
+	}
+	return nil
+}
 
 // inVMDir is path relative to s's VM directory when it lies inside it, and
 // path as is otherwise.
@@ -103,8 +134,9 @@ type Request struct {
 
 // Requests validates s and builds the PUT requests that configure and
 // start its guest, in the order they are sent. It runs nothing, so tests
-// check it as is. logLevel is Firecracker's log level. Drive and vsock
-// paths inside the VM directory are relative to it (see VMDir).
+// check it as is. logLevel is Firecracker's log level. Drives are given
+// as their DriveLink, and a vsock socket inside the VM directory relative
+// to it (see VMDir).
 func Requests(s vmm.Spec, logLevel string) ([]Request, error) {
 	if err := validate(s); err != nil {
 		return nil, err
@@ -125,7 +157,7 @@ func Requests(s vmm.Spec, logLevel string) ([]Request, error) {
 	for i, disk := range s.Disks {
 		reqs = append(reqs, Request{Step: "drive " + disk.ID, Path: "/drives/" + disk.ID, Body: Drive{
 			DriveID:      disk.ID,
-			PathOnHost:   inVMDir(s, disk.Path),
+			PathOnHost:   DriveLink(disk.ID),
 			IsRootDevice: i == 0,
 			IsReadOnly:   disk.ReadOnly,
 			CacheType:    "Unsafe", // as qemu's cache=unsafe: guest flushes are not forced to disk
@@ -157,6 +189,28 @@ func validate(s vmm.Spec) error {
 	if s.VCPUs > 32 {
 		return fmt.Errorf("firecracker: %d vCPUs: firecracker takes at most 32", s.VCPUs)
 	}
+	if err := checkDisks(s); err != nil {
+		return err
+	}
+	if s.MAC != "" {
+		if err := checkMAC(s.MAC); err != nil {
+			return err
+		}
+	}
+	if s.VSockPath != "" && s.VSockCID < 3 {
+		return fmt.Errorf("firecracker: vsock CID %d: guest CIDs start at 3", s.VSockCID)
+	}
+	paths := []string{s.Kernel, s.Initrd}
+	for _, disk := range s.Disks {
+		paths = append(paths, disk.Path)
+	}
+	return validateHost(s, paths...)
+}
+
+// checkDisks checks s's disks: at least one, raw, with a path and an id
+// Firecracker takes in a path (which also names its DriveLink), each id
+// once.
+func checkDisks(s vmm.Spec) error {
 	if len(s.Disks) == 0 {
 		return errors.New("firecracker: no disks")
 	}
@@ -179,20 +233,11 @@ func validate(s vmm.Spec) error {
 		if disk.Path == "" {
 			return fmt.Errorf("firecracker: disk %s has no path", disk.ID)
 		}
-	}
-	if s.MAC != "" {
-		if err := checkMAC(s.MAC); err != nil {
-			return err
+		if !filepath.IsAbs(disk.Path) {
+			return fmt.Errorf("firecracker: disk %s: path %q is relative; the spec's paths must be absolute", disk.ID, disk.Path)
 		}
 	}
-	if s.VSockPath != "" && s.VSockCID < 3 {
-		return fmt.Errorf("firecracker: vsock CID %d: guest CIDs start at 3", s.VSockCID)
-	}
-	paths := []string{s.Kernel, s.Initrd}
-	for _, disk := range s.Disks {
-		paths = append(paths, disk.Path)
-	}
-	return validateHost(s, paths...)
+	return nil
 }
 
 // validateHost checks what Start and Restore share: the TAP's name, the
@@ -293,9 +338,12 @@ func checkVmlinux(path string) error {
 	return nil
 }
 
-// prepareFiles clears stale sockets and creates the files Firecracker
-// writes at offset 0 (see the package doc).
+// prepareFiles clears stale sockets, creates the files Firecracker writes
+// at offset 0 (see the package doc) and links the drives (DriveLink).
 func prepareFiles(s vmm.Spec) error {
+	if err := linkDrives(s); err != nil {
+		return err
+	}
 	for _, sock := range []string{s.APISocket, s.VSockPath} {
 		if err := removeStaleSocket(sock); err != nil {
 			return err

@@ -189,14 +189,14 @@ func TestStartConfiguresInOrder(t *testing.T) {
 		"PUT /machine-config": {"vcpu_count": 2.0, "mem_size_mib": 512.0},
 		"PUT /boot-source":    {"kernel_image_path": h.spec.Kernel, "initrd_path": h.spec.Initrd, "boot_args": "console=ttyS0 reboot=k panic=1"},
 		"PUT /serial":         {"serial_out_path": h.spec.ConsolePath},
-		// Inside the VM directory, relative to it (Firecracker runs there):
-		// a snapshot records them so, and a restore elsewhere opens that
-		// directory's files.
-		"PUT /drives/rootfs": {"drive_id": "rootfs", "path_on_host": "root.ext4",
+		// Links in the VM directory, relative to it (Firecracker runs
+		// there): a snapshot records the names, and a restore elsewhere
+		// opens that VM's disks through its own links.
+		"PUT /drives/rootfs": {"drive_id": "rootfs", "path_on_host": "fc-drive-rootfs",
 			"is_root_device": true, "is_read_only": false, "cache_type": "Unsafe"},
-		"PUT /drives/work": {"drive_id": "work", "path_on_host": "work.ext4",
+		"PUT /drives/work": {"drive_id": "work", "path_on_host": "fc-drive-work",
 			"is_root_device": false, "is_read_only": false, "cache_type": "Unsafe"},
-		"PUT /drives/config": {"drive_id": "config", "path_on_host": "config.tar",
+		"PUT /drives/config": {"drive_id": "config", "path_on_host": "fc-drive-config",
 			"is_root_device": false, "is_read_only": true, "cache_type": "Unsafe"},
 		"PUT /network-interfaces/eth0": {"iface_id": "eth0", "host_dev_name": "tap-0123", "guest_mac": "02:00:00:00:00:01"},
 		"PUT /vsock":                   {"guest_cid": 3.0, "uds_path": "vsock.sock"},
@@ -208,6 +208,11 @@ func TestStartConfiguresInOrder(t *testing.T) {
 		}
 	}
 
+	for _, d := range h.spec.Disks {
+		if target, err := os.Readlink(filepath.Join(h.dir, DriveLink(d.ID))); err != nil || target != d.Path {
+			t.Errorf("drive link %s -> %q (%v), want %s", DriveLink(d.ID), target, err, d.Path)
+		}
+	}
 	// The files Firecracker writes at offset 0 are there and empty.
 	for _, p := range []string{h.spec.ConsolePath, LoggerPath(h.spec), h.spec.MetricsPath} {
 		fi, err := os.Stat(p)
@@ -372,16 +377,20 @@ func TestStartRefusesBeforeLaunch(t *testing.T) {
 		"vsock cid":    func(h *harness) { h.spec.VSockCID = 2 },
 		"mac":          func(h *harness) { h.spec.MAC = "02:00:00:00:01" },
 		// net.ParseMAC takes these; Firecracker's MacAddr does not.
-		"mac dashes":   func(h *harness) { h.spec.MAC = "02-00-00-00-00-01" },
-		"mac dots":     func(h *harness) { h.spec.MAC = "0200.0000.0001" },
-		"mac eui64":    func(h *harness) { h.spec.MAC = "02:00:00:00:00:00:00:01" },
-		"mac short":    func(h *harness) { h.spec.MAC = "2:0:0:0:0:1" },
-		"tap 16 bytes": func(h *harness) { h.spec.TapName = "tap-0123456789ab" },
-		"tap slash":    func(h *harness) { h.spec.TapName = "tap/0" },
-		"tap space":    func(h *harness) { h.spec.TapName = "tap 0" },
-		"no log":       func(h *harness) { h.spec.LogPath = "" },
-		"long socket":  func(h *harness) { h.spec.APISocket = "/" + strings.Repeat("s", 120) },
-		"not a socket": func(h *harness) { _ = os.WriteFile(h.spec.APISocket, nil, 0o600) },
+		"mac dashes":    func(h *harness) { h.spec.MAC = "02-00-00-00-00-01" },
+		"mac dots":      func(h *harness) { h.spec.MAC = "0200.0000.0001" },
+		"mac eui64":     func(h *harness) { h.spec.MAC = "02:00:00:00:00:00:00:01" },
+		"mac short":     func(h *harness) { h.spec.MAC = "2:0:0:0:0:1" },
+		"tap 16 bytes":  func(h *harness) { h.spec.TapName = "tap-0123456789ab" },
+		"tap slash":     func(h *harness) { h.spec.TapName = "tap/0" },
+		"tap space":     func(h *harness) { h.spec.TapName = "tap 0" },
+		"no log":        func(h *harness) { h.spec.LogPath = "" },
+		"long socket":   func(h *harness) { h.spec.APISocket = "/" + strings.Repeat("s", 120) },
+		"not a socket":  func(h *harness) { _ = os.WriteFile(h.spec.APISocket, nil, 0o600) },
+		"relative disk": func(h *harness) { h.spec.Disks[1].Path = "work.ext4" },
+		"drive link is a file": func(h *harness) {
+			_ = os.WriteFile(filepath.Join(h.dir, DriveLink("work")), nil, 0o600)
+		},
 		"live socket": func(h *harness) {
 			l, err := net.Listen("unix", h.spec.APISocket)
 			if err != nil {

@@ -98,6 +98,9 @@ func RestoreRequests(s vmm.Spec, src vmm.SnapshotFiles, logLevel string, v Versi
 	if err := validateHost(s); err != nil {
 		return nil, err
 	}
+	if err := checkDisks(s); err != nil {
+		return nil, err
+	}
 	if err := checkSnapshotFiles(src); err != nil {
 		return nil, err
 	}

@@ -129,13 +129,20 @@ func TestSnapshotRefusals(t *testing.T) {
 }
 
 // clone is a second VM, in its own directory with its own TAP, vsock and
-// disks (the same names, as the daemon gives them), for a restore of a's
-// snapshot.
+// disks, for a restore of a's snapshot. Its disk files are named otherwise
+// than a's, as the daemon names a clone's overlays.
 func clone(t *testing.T) *harness {
 	h := newHarness(t)
 	h.spec.ID, h.spec.Name = "4567cdef", "clone"
 	h.spec.TapName, h.spec.MAC = "tap-4567", "02:00:00:00:00:02"
 	h.spec.VSockCID = 4
+	for i, d := range h.spec.Disks {
+		p := filepath.Join(h.dir, d.ID+"-9f8e7d6c.raw")
+		if err := os.Rename(d.Path, p); err != nil {
+			t.Fatal(err)
+		}
+		h.spec.Disks[i].Path = p
+	}
 	h.api = newFakeAPI(h.spec.ID, h.dir)
 	h.api.strict = true
 	return h
@@ -194,6 +201,11 @@ func TestRestoreAsAnotherVM(t *testing.T) {
 	wantDrives := map[string]string{}
 	for _, d := range b.spec.Disks {
 		wantDrives[d.ID] = d.Path
+	}
+	for id, p := range l.Drives { // what Firecracker opens, links followed
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			l.Drives[id] = r
+		}
 	}
 	if !reflect.DeepEqual(l.Drives, wantDrives) {
 		t.Errorf("the restored guest opened\n %v\nwant the clone's\n %v", l.Drives, wantDrives)
@@ -261,11 +273,11 @@ func TestRestoreLoadFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := clone(t)
-	// The snapshot's drives are the clone's files: one is missing.
-	os.Remove(filepath.Join(b.dir, "config.tar"))
+	// The snapshot has a config drive; the clone has none.
+	os.Remove(b.spec.Disks[2].Path)
 	b.spec.Disks = b.spec.Disks[:2]
 	_, err := b.drv.Restore(ctx, b.spec, snap)
-	if err == nil || !strings.Contains(err.Error(), "snapshot load") || !strings.Contains(err.Error(), "config.tar") {
+	if err == nil || !strings.Contains(err.Error(), "snapshot load") || !strings.Contains(err.Error(), DriveLink("config")) {
 		t.Fatalf("err = %v", err)
 	}
 	b.assertKilled()
