@@ -7,7 +7,9 @@
 // On a fresh byte stream (the virtio-serial port's unix socket, or a vsock
 // connection) the host calls Dial, which runs ClientHandshake and yamux.
 // Each operation is one stream (Session.Open) on which the host calls one
-// of Hello, Exec, Stat, Put, Get, Connect, SetTime or Shutdown. Those take
+// of Hello, Exec, Stat, Put, Get, Connect, SetTime, Shutdown or Identity
+// (a clone's new hostname, MAC, address, machine id, host key, RNG seed
+// and clock). Those take
 // any io.ReadWriter, so the CLI can speak them end to end over the unix
 // connection bangerd splices onto a stream. The guest's server is package
 // agentd.

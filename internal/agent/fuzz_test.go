@@ -90,6 +90,8 @@ func fuzzSeeds() [][]byte {
 		frame(KindMsg, `{"op":"connect","port":22}`),
 		frame(KindMsg, `{"op":"set_time","unix_nano":1700000000000000000}`),
 		frame(KindMsg, `{"op":"shutdown","reboot":false}`),
+		frame(KindMsg, `{"op":"identity","hostname":"clone-1","mac":"02:00:0a:01:00:05","address":"10.1.0.5/16","gateway":"10.1.0.1",`+
+			`"dns":"10.1.0.1","machine_id":"0123456789abcdef0123456789abcdef","entropy":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","unix_nano":1}`),
 		cat(frame(KindMsg, `{"started":{"pid":42}}`), frame(KindStdout, "out"), frame(KindStdout, ""), frame(KindStderr, ""),
 			frame(KindMsg, `{"exit":{"code":7}}`)),
 		frame(KindMsg, `{"ok":true,"exists":true,"dir":true,"mode":493,"size":4096}`),

@@ -41,8 +41,18 @@ type Request struct {
 	Path      string   `json:"path,omitempty"`       // stat, get
 	Name      string   `json:"name,omitempty"`       // put
 	Port      int      `json:"port,omitempty"`       // connect
-	UnixNano  int64    `json:"unix_nano,omitempty"`  // set_time
+	UnixNano  int64    `json:"unix_nano,omitempty"`  // set_time, identity
 	Reboot    bool     `json:"reboot,omitempty"`     // shutdown
+	// identity (identity.go)
+	Hostname   string `json:"hostname,omitempty"`
+	MAC        string `json:"mac,omitempty"`
+	Address    string `json:"address,omitempty"`
+	Gateway    string `json:"gateway,omitempty"`
+	DNS        string `json:"dns,omitempty"`
+	MachineID  string `json:"machine_id,omitempty"`
+	HostKey    string `json:"host_key,omitempty"`
+	HostKeyPub string `json:"host_key_pub,omitempty"`
+	Entropy    []byte `json:"entropy,omitempty"` // base64 in JSON
 }
 
 // requestFields lists the fields each op accepts besides "op".
@@ -55,6 +65,7 @@ var requestFields = map[string][]string{
 	OpConnect:  {"port"},
 	OpSetTime:  {"unix_nano"},
 	OpShutdown: {"reboot"},
+	OpIdentity: {"hostname", "mac", "address", "gateway", "dns", "machine_id", "host_key", "host_key_pub", "entropy", "unix_nano"},
 }
 
 // TTY asks exec for a pseudo-terminal of this size.
@@ -309,6 +320,8 @@ func (r *Request) check() error {
 		if r.UnixNano <= 0 {
 			return badRequest("set_time: unix_nano must be positive")
 		}
+	case OpIdentity:
+		return r.checkIdentity()
 	}
 	return nil
 }

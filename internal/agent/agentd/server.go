@@ -1,7 +1,7 @@
 // Package agentd is banger-agent's server, the guest end of docs/agent.md:
 // the handshake and a yamux server on each host connection, one goroutine
 // per stream, and the operations (exec, stat, put, get, connect, set_time,
-// shutdown, hello).
+// shutdown, hello, identity).
 //
 // Transports: ServePort runs the serial loop on qemu's virtio-serial port
 // (a session per host connection, the port kept open across them); Serve
@@ -44,6 +44,17 @@ type Server struct {
 	// PowerOff syncs and powers off or reboots (default: sync, then
 	// reboot(2)). It runs after shutdown's answer went out.
 	PowerOff func(reboot bool) error
+	// Root is the directory under which identity finds the guest's files
+	// (etc/hostname, etc/hosts, etc/machine-id, etc/resolv.conf, etc/ssh,
+	// run/sshd.pid) and the processes (proc); default "/". Tests use a
+	// temporary one.
+	Root string
+	// SetHostname sets the kernel's host name (default: sethostname(2)).
+	SetHostname func(string) error
+	// AddEntropy feeds the kernel's RNG and reseeds it (default:
+	// RNDADDENTROPY with every bit credited, then RNDRESEEDCRNG, on
+	// /dev/urandom).
+	AddEntropy func([]byte) error
 }
 
 func (s *Server) log() *slog.Logger {
@@ -307,6 +318,8 @@ func (s *Server) serveStream(ctx context.Context, st net.Conn) {
 		err = s.setTime(st, time.Unix(0, req.UnixNano))
 	case agent.OpShutdown:
 		err = s.shutdown(st, req.Reboot)
+	case agent.OpIdentity:
+		attrs, err = s.identity(st, req)
 	}
 	s.logOp(op, start, err, attrs)
 }
