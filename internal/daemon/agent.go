@@ -110,20 +110,41 @@ func (d *Daemon) agentSession(ctx context.Context, vm model.VM) (*agent.Session,
 			return e.s, nil
 		}
 	}
-	conn, err := dialAgentConn(ctx, vm)
-	if err != nil {
-		return nil, fmt.Errorf("connecting to the agent of %s at %s: %w", vm.Name, agentSocketPath(vm), err)
-	}
 	// The handshake waits for a guest that may still be booting: bound it
-	// by the caller's deadline too (a create's boot timeout).
+	// by the caller's deadline too (a create's boot timeout). A guest agent
+	// still in a session of a bangerd that died (or of the snapshot it was
+	// restored from) may take the first handshake for that session's
+	// frames and drop it: so the first attempts are short, and a new
+	// connection sends the handshake again.
 	dl := time.Now().Add(agentDialTimeout)
 	if cdl, ok := ctx.Deadline(); ok && cdl.Before(dl) {
 		dl = cdl
 	}
-	_ = conn.SetDeadline(dl)
-	s, err := agent.Dial(conn)
-	if err != nil {
+	var s *agent.Session
+	var err error
+	for try := 750 * time.Millisecond; ; try *= 2 {
+		var conn net.Conn
+		conn, err = dialAgentConn(ctx, vm)
+		if err != nil {
+			return nil, fmt.Errorf("connecting to the agent of %s at %s: %w", vm.Name, agentSocketPath(vm), err)
+		}
+		adl := time.Now().Add(try)
+		if adl.After(dl) {
+			adl = dl
+		}
+		_ = conn.SetDeadline(adl)
+		s, err = agent.Dial(conn)
+		if err == nil {
+			_ = conn.SetDeadline(time.Time{})
+			break
+		}
 		conn.Close()
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() || !adl.Before(dl) {
+			break
+		}
+	}
+	if err != nil {
 		var ve *agent.VersionError
 		if errors.As(err, &ve) {
 			return nil, rpc.WithHint(fmt.Errorf("vm %s: %w: %w", vm.Name, err, rpc.ErrUnavailable),
@@ -131,7 +152,6 @@ func (d *Daemon) agentSession(ctx context.Context, vm model.VM) (*agent.Session,
 		}
 		return nil, fmt.Errorf("the agent of %s: %w", vm.Name, err)
 	}
-	_ = conn.SetDeadline(time.Time{})
 	e.s = s
 	d.log.DebugContext(ctx, "agent session", "vm", vm.Name, "agent_release", s.Info().Release)
 	return s, nil

@@ -335,6 +335,9 @@ func (d *Daemon) takeSnapshot(ctx context.Context, vm model.VM, req snapshotReq)
 		}
 		if !committed {
 			pending.Abort()
+			if len(in.Freezes) > 0 {
+				d.settleFreezes(context.WithoutCancel(ctx), vm.ID, in.Freezes)
+			}
 		}
 		clearIntent(vm)
 	}()
@@ -473,6 +476,7 @@ func (d *Daemon) recordFreezes(ctx context.Context, vm model.VM, fr []freeze) (m
 	}
 	vm, err := d.store.UpdateVMRuntime(ctx, vm.ID, func(r *model.VMRuntime) error {
 		bases := []string{"", ""}
+		copy(bases, r.Bases)
 		for _, f := range fr {
 			bases[f.Disk] = f.BaseID
 			if f.Disk == 0 {
@@ -506,29 +510,8 @@ func (d *Daemon) reconcileIntent(ctx context.Context, vm model.VM) {
 		return
 	}
 	log := d.log.With("vm", vm.Name, "snapshot", in.Snapshot)
-	if vm.VMM == "qemu" && len(in.Freezes) > 0 {
-		active, err := qemu.New(d.cfg.Paths.Qemu).ActiveDisks(ctx, d.liveSpec(vm))
-		if err == nil && len(active) >= 2 && active[0] == in.Freezes[0].Overlay {
-			// The freeze happened: make sure the bases exist under
-			// their names, then record it.
-			for _, f := range in.Freezes {
-				if !fileExists(f.Base) {
-					if err := os.Link(f.Old, f.Base); err != nil {
-						log.ErrorContext(ctx, "reconcile: a frozen disk is gone", "file", f.Old, "error", err.Error())
-						continue
-					}
-				}
-			}
-			s := d.liveSpec(vm)
-			for i, f := range in.Freezes {
-				s.Disks[i].Path = f.Overlay
-			}
-			if _, err := d.recordFreezes(ctx, vm, in.Freezes); err != nil {
-				log.ErrorContext(ctx, "reconcile: recording frozen disks", "error", err.Error())
-			} else {
-				log.InfoContext(ctx, "reconcile: recorded the disks a cut-short snapshot froze")
-			}
-		}
+	if len(in.Freezes) > 0 {
+		d.settleFreezes(ctx, vm.ID, in.Freezes)
 	}
 	if in.Resume {
 		if st, err := qemu.QueryStatus(ctx, vm.Runtime.APISockPath); vm.VMM != "qemu" || (err == nil && (st == "paused" || st == "postmigrate")) {
@@ -867,4 +850,63 @@ func (d *Daemon) waitSSHD(ctx context.Context, vm model.VM) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	d.log.WarnContext(ctx, "template: sshd wrote no pid file in 20 s; each clone waits for it", "vm", vm.Name)
+}
+
+// settleFreezes makes the VM's row and files agree with what a snapshot
+// that failed or was cut short did to its disks: a disk qemu writes to
+// its new overlay on (query-block) is recorded as frozen; the rest is
+// undone (the overlay and the base link removed, unless a row names
+// them). A dead VMM wrote nothing to a new overlay (the guest was paused):
+// its old disks are whole.
+func (d *Daemon) settleFreezes(ctx context.Context, id string, fr []freeze) {
+	vm, err := d.store.GetVM(ctx, id)
+	if err != nil {
+		return
+	}
+	log := d.log.With("vm", vm.Name)
+	var switched, undo []freeze
+	if vm.VMM == "qemu" && d.vmAlive(vm) {
+		active, err := qemu.New(d.cfg.Paths.Qemu).ActiveDisks(ctx, d.liveSpec(vm))
+		if err != nil {
+			log.ErrorContext(ctx, "settling a snapshot's disks: query-block", "error", err.Error())
+			return // keep everything: the next start settles it
+		}
+		for _, f := range fr {
+			if f.Disk < len(active) && active[f.Disk] == f.Overlay {
+				switched = append(switched, f)
+			} else {
+				undo = append(undo, f)
+			}
+		}
+	} else {
+		undo = fr
+	}
+	if len(switched) > 0 {
+		for _, f := range switched {
+			if !fileExists(f.Base) {
+				if err := os.Link(f.Old, f.Base); err != nil {
+					log.ErrorContext(ctx, "settling a snapshot's disks: a frozen disk is gone", "file", f.Old, "error", err.Error())
+				}
+			}
+		}
+		if vm, err = d.recordFreezes(ctx, vm, switched); err != nil {
+			log.ErrorContext(ctx, "settling a snapshot's disks: recording", "error", err.Error())
+			return
+		}
+		log.InfoContext(ctx, "recorded the disks a failed snapshot froze", "disks", len(switched))
+	}
+	rows := map[string]bool{}
+	if bs, err := d.store.ListBases(ctx); err == nil {
+		for _, b := range bs {
+			rows[b.ID] = true
+		}
+	}
+	for _, f := range undo {
+		if f.Overlay != vm.Runtime.OverlayPath && f.Overlay != vm.Runtime.WorkDiskPath {
+			os.Remove(f.Overlay)
+		}
+		if !rows[f.BaseID] {
+			os.Remove(f.Base)
+		}
+	}
 }
