@@ -108,13 +108,16 @@ type IdentityStep struct {
 
 // IdentityResult is identity's answer: the steps applied, in order, the
 // whole call's duration inside the agent, the interface the network steps
-// changed, and whether sshd was made to load the new host key (false when
-// no sshd was running).
+// changed, whether sshd was made to load the new host key (false when no
+// sshd was running), and whether the gratuitous ARPs wait for the link's
+// carrier (a restored VM's link is down during identity: the agent sends
+// them as it comes up, and logs the outcome).
 type IdentityResult struct {
-	Applied      []IdentityStep `json:"applied"`
-	DurationUS   int64          `json:"duration_us"`
-	Interface    string         `json:"interface,omitempty"`
-	SSHDReloaded bool           `json:"sshd_reloaded"`
+	Applied          []IdentityStep `json:"applied"`
+	DurationUS       int64          `json:"duration_us"`
+	Interface        string         `json:"interface,omitempty"`
+	SSHDReloaded     bool           `json:"sshd_reloaded"`
+	AnnounceDeferred bool           `json:"announce_deferred,omitempty"`
 }
 
 // Steps lists the names of the applied steps.

@@ -120,7 +120,8 @@ func (s *Server) identity(st net.Conn, req agent.Request) ([]any, error) {
 			if prefix.IsValid() {
 				return nil // the address step flushes and announces
 			}
-			return announce(link)
+			res.AnnounceDeferred, err = announce(link)
+			return err
 		}},
 		{agent.StepAddress, prefix.IsValid(), func() error {
 			if err := findLink(); err != nil {
@@ -138,9 +139,14 @@ func (s *Server) identity(st net.Conn, req agent.Request) ([]any, error) {
 			if err := setAddress(link, prefix, gw); err != nil {
 				return err
 			}
-			return announce(link)
+			var err error
+			res.AnnounceDeferred, err = announce(link)
+			return err
 		}},
 	}
+	// A newer identity supersedes the announcement an older one left
+	// waiting for the carrier.
+	s.stopAnnounce()
 	for _, step := range steps {
 		if !step.set {
 			continue
@@ -156,14 +162,65 @@ func (s *Server) identity(st net.Conn, req agent.Request) ([]any, error) {
 		}
 		res.Applied = append(res.Applied, agent.IdentityStep{Step: step.name, DurationUS: time.Since(t).Microseconds()})
 	}
+	if res.AnnounceDeferred {
+		s.deferAnnounce(link)
+	}
 	res.DurationUS = time.Since(start).Microseconds()
 	return identityAttrs(res, ""), answer(st, res, nil)
+}
+
+// announceTimeout bounds the wait of a deferred announcement for the
+// carrier. bangerd brings the VMM's link up right after identity; a link
+// that stays down longer (bangerd died in between) is a VM bangerd stops
+// at its next start.
+var announceTimeout = 2 * time.Minute
+
+// deferAnnounce sends link's gratuitous ARPs once it has a carrier, in the
+// background (identity's answer does not wait: bangerd brings the link up
+// after it). The outcome is logged. Called with identityMu held.
+func (s *Server) deferAnnounce(link netlink.Link) {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	s.announce = &pendingAnnounce{stop: stop, done: done}
+	name, index := link.Attrs().Name, link.Attrs().Index
+	go func() {
+		defer close(done)
+		waited, err := announceWhenUp(index, stop, announceTimeout)
+		switch {
+		case errors.Is(err, errAnnounceSuperseded):
+			s.log().Info("agent identity announcement superseded", "interface", name, "waited_ms", waited.Milliseconds())
+		case err != nil:
+			s.log().Warn("agent identity announcement failed", "interface", name, "waited_ms", waited.Milliseconds(), "error", err.Error())
+		default:
+			s.log().Info("agent identity announced", "interface", name, "waited_ms", waited.Milliseconds())
+		}
+	}()
+}
+
+// pendingAnnounce is a deferred announcement: closing stop ends it, done
+// is closed when it has ended.
+type pendingAnnounce struct {
+	stop, done chan struct{}
+}
+
+// stopAnnounce ends a deferred announcement and waits for it to end.
+// Called with identityMu held.
+func (s *Server) stopAnnounce() {
+	if s.announce == nil {
+		return
+	}
+	close(s.announce.stop)
+	<-s.announce.done
+	s.announce = nil
 }
 
 func identityAttrs(res agent.IdentityResult, failed string) []any {
 	attrs := []any{"applied", strings.Join(res.Steps(), ",")}
 	if res.Interface != "" {
 		attrs = append(attrs, "interface", res.Interface)
+	}
+	if res.AnnounceDeferred {
+		attrs = append(attrs, "announce", "deferred until the link has a carrier")
 	}
 	if failed != "" {
 		attrs = append(attrs, "step", failed)

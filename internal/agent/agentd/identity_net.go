@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -108,21 +109,25 @@ func flushIPv4(link netlink.Link) error {
 	return nil
 }
 
-// setMAC gives link the MAC hw and returns it as it now is. A driver that
-// cannot change it while up gets it down, changed, up.
+// setMAC gives link the MAC hw and returns it as it now is: link down,
+// MAC set, link up. Down first because some drivers refuse a change while
+// up (EBUSY), and because the kernel removes the link's IPv6 addresses
+// when it goes down and makes the link-local one anew from the new MAC
+// when it comes up: a live change would keep the snapshot's fe80:: address,
+// which every clone of it shares. A link that has hw already is left as it
+// is (identity is idempotent).
 func setMAC(link netlink.Link, hw net.HardwareAddr) (netlink.Link, error) {
 	name := link.Attrs().Name
 	if !bytes.Equal(link.Attrs().HardwareAddr, hw) {
-		err := netlink.LinkSetHardwareAddr(link, hw)
-		if errors.Is(err, unix.EBUSY) {
-			if err = netlink.LinkSetDown(link); err == nil {
-				if err = netlink.LinkSetHardwareAddr(link, hw); err == nil {
-					err = netlink.LinkSetUp(link)
-				}
-			}
+		if err := netlink.LinkSetDown(link); err != nil {
+			return nil, fmt.Errorf("bringing %s down to set its MAC: %w", name, err)
 		}
-		if err != nil {
+		if err := netlink.LinkSetHardwareAddr(link, hw); err != nil {
+			netlink.LinkSetUp(link) // as it was, the error is the MAC's
 			return nil, fmt.Errorf("setting the MAC of %s to %s: %w", name, hw, err)
+		}
+		if err := netlink.LinkSetUp(link); err != nil {
+			return nil, fmt.Errorf("bringing %s up after setting its MAC: %w", name, err)
 		}
 	}
 	l, err := netlink.LinkByIndex(link.Attrs().Index)
@@ -161,20 +166,42 @@ func setAddress(link netlink.Link, p netip.Prefix, gw netip.Addr) error {
 // announce flushes link's neighbours (IPv4 and IPv6: entries of the
 // snapshot's network) and sends a gratuitous ARP for each of its IPv4
 // addresses, so that the host's neighbour table and the bridge learn the
-// link's MAC for them at once.
-func announce(link netlink.Link) error {
+// link's MAC for them at once. A link without a carrier (a restored VM's:
+// bangerd brings the VMM's link up only after identity) would drop the
+// packets: then it returns deferred, and the caller sends them when the
+// carrier comes (announceWhenUp).
+func announce(link netlink.Link) (deferred bool, err error) {
 	name, index := link.Attrs().Name, link.Attrs().Index
 	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		neighs, err := netlink.NeighList(index, family)
 		if err != nil {
-			return fmt.Errorf("listing the neighbours of %s: %w", name, err)
+			return false, fmt.Errorf("listing the neighbours of %s: %w", name, err)
 		}
 		for _, n := range neighs {
 			if err := netlink.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
-				return fmt.Errorf("removing the neighbour %s of %s: %w", n.IP, name, err)
+				return false, fmt.Errorf("removing the neighbour %s of %s: %w", n.IP, name, err)
 			}
 		}
 	}
+	l, err := netlink.LinkByIndex(index)
+	if err != nil {
+		return false, fmt.Errorf("reading %s: %w", name, err)
+	}
+	if !running(l) {
+		return true, nil
+	}
+	return false, sendGARPs(l)
+}
+
+// running reports whether link is up and has a carrier (IFF_RUNNING: the
+// kernel transmits on it).
+func running(link netlink.Link) bool {
+	return link.Attrs().RawFlags&unix.IFF_UP != 0 && link.Attrs().RawFlags&unix.IFF_RUNNING != 0
+}
+
+// sendGARPs sends a gratuitous ARP for each IPv4 address of link.
+func sendGARPs(link netlink.Link) error {
+	name, index := link.Attrs().Name, link.Attrs().Index
 	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
 	if err != nil {
 		return fmt.Errorf("listing the addresses of %s: %w", name, err)
@@ -191,6 +218,38 @@ func announce(link netlink.Link) error {
 	return nil
 }
 
+// carrierPoll is how often announceWhenUp looks at the link.
+const carrierPoll = 5 * time.Millisecond
+
+// announceWhenUp waits (polling; at most timeout, or until stop is
+// closed) for link index to be running, then sends its gratuitous ARPs
+// with the MAC and addresses it has then. It returns how long it waited.
+func announceWhenUp(index int, stop <-chan struct{}, timeout time.Duration) (time.Duration, error) {
+	start := time.Now()
+	tick := time.NewTicker(carrierPoll)
+	defer tick.Stop()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		l, err := netlink.LinkByIndex(index)
+		if err != nil {
+			return time.Since(start), fmt.Errorf("reading link %d: %w", index, err)
+		}
+		if running(l) {
+			return time.Since(start), sendGARPs(l)
+		}
+		select {
+		case <-stop:
+			return time.Since(start), errAnnounceSuperseded
+		case <-timer.C:
+			return time.Since(start), fmt.Errorf("%s had no carrier in %v: no gratuitous ARP sent", l.Attrs().Name, timeout)
+		case <-tick.C:
+		}
+	}
+}
+
+var errAnnounceSuperseded = errors.New("superseded by a newer identity")
+
 // htons is v in network byte order, as a host's uint16.
 func htons(v uint16) uint16 {
 	return binary.NativeEndian.Uint16(binary.BigEndian.AppendUint16(nil, v))
@@ -206,7 +265,10 @@ func sendGARP(index int, hw net.HardwareAddr, ip netip.Addr) error {
 	if err != nil {
 		return fmt.Errorf("AF_PACKET socket: %w", err)
 	}
-	defer unix.Close(fd)
+	// Closing a packet socket waits for an RCU grace period (the kernel's
+	// packet_release calls synchronize_net): 2 to 20 ms that the answer
+	// need not wait for.
+	defer func() { go unix.Close(fd) }()
 	to := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: index, Halen: 6,
 		Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}
 	return unix.Sendto(fd, garp(hw, ip), 0, to)

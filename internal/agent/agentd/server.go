@@ -55,6 +55,10 @@ type Server struct {
 	// RNDADDENTROPY with every bit credited, then RNDRESEEDCRNG, on
 	// /dev/urandom).
 	AddEntropy func([]byte) error
+
+	// announce is identity's announcement waiting for a carrier, if any
+	// (identityMu guards it).
+	announce *pendingAnnounce
 }
 
 func (s *Server) log() *slog.Logger {
