@@ -44,7 +44,7 @@ test-e2e: ## end-to-end tier: real daemon, helper, CLI and qemu VMs in a network
 	BANGER_E2E=1 $(GO) test -count=1 -v -timeout 40m ./tests/e2e/
 	@# The tests that need a real Debian kernel, given the one the e2e tier cached.
 	k=$$(ls -t /var/cache/banger-test/images/e2e-*/vmlinuz | head -n 1) && [ -n "$$k" ] && \
-	  BANGER_TEST_KERNEL=$$k $(GO) test -count=1 -v -run '^(TestExtractRealKernel|TestProbeKVMBoot)$$' ./internal/image/ ./internal/hostcheck/
+	  BANGER_TEST_KERNEL=$$k $(GO) test -count=1 -v -run '^(TestExtractRealKernel|TestProbeKVMBoot|TestHaltedRealKernel)$$' ./internal/image/ ./internal/hostcheck/ ./internal/vmm/firecracker/
 
 .PHONY: test-all
 test-all: lint test test-root test-e2e ## every tier, as CI runs them

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/banger-dev/banger/internal/helperapi"
@@ -26,10 +27,12 @@ func testVM(t *testing.T, d *Daemon, name string) model.VM {
 func fakeVMM(t *testing.T, sock string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command("sh", "-c", "sleep 60; true", sock)
+	// A group of its own: the cleanup kills sh and its sleep.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
 	return cmd
 }
 

@@ -216,7 +216,11 @@ func (d *Daemon) restoreVM(ctx context.Context, o *operation, vm model.VM, img m
 		if m.Memory == "" {
 			mem = "its memory loaded from the snapshot's stream"
 		}
-		return fmt.Sprintf("%s, pid %d, from snapshot %s (%s); link down until its identity is set", vm.VMM, pid, sn.Name, mem), nil
+		link := "link down until its identity is set"
+		if vm.VMM != "qemu" {
+			link = "no link control: its identity is set next" // Firecracker
+		}
+		return fmt.Sprintf("%s, pid %d, from snapshot %s (%s); %s", vm.VMM, pid, sn.Name, mem, link), nil
 	}); err != nil {
 		return vm, err
 	}

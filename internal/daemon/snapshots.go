@@ -195,6 +195,12 @@ func (d *Daemon) liveSpec(vm model.VM) vmm.Spec {
 // (reconcileIntent).
 func (d *Daemon) reconcileRunState(ctx context.Context, vm model.VM) {
 	d.reconcileIntent(ctx, vm)
+	if vm.VMM == "firecracker" {
+		// A guest that halts leaves Firecracker running: watch it again.
+		if err := firecracker.New(d.cfg.Paths.Firecracker, d.log).WatchHalt(ctx, vmmSpecFor(vm), d.getHandles(vm).PID); err != nil {
+			d.log.WarnContext(ctx, "reconcile: no halt watch", "vm", vm.Name, "error", err.Error())
+		}
+	}
 	if vm.VMM != "qemu" {
 		return
 	}

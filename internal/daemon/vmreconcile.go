@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/banger-dev/banger/internal/model"
 )
 
@@ -103,6 +105,7 @@ func (d *Daemon) reconcileVMs(ctx context.Context) {
 			d.log.WarnContext(ctx, "reconcile: vm's VMM is gone; stopped it", "vm", vm.Name)
 		default: // creating
 			d.releaseRuntime(ctx, vm)
+			d.releaseVMTap(ctx, vm)
 			_, _ = d.store.UpdateVMRuntime(ctx, vm.ID, func(r *model.VMRuntime) error {
 				r.State, r.LastError = model.StateFailed, "create interrupted by a bangerd restart; delete it and create it again"
 				return nil
@@ -166,4 +169,18 @@ func (d *Daemon) setHandlesMem(vm model.VM, h *model.VMHandles) {
 	c := *h
 	d.handles[vm.ID] = &c
 	d.handlesMu.Unlock()
+}
+
+// releaseVMTap deletes the per-VM TAP of a create a crash cut short
+// between the TAP's creation and the handles that name it.
+func (d *Daemon) releaseVMTap(ctx context.Context, vm model.VM) {
+	n, err := d.network(ctx)
+	if err != nil {
+		return
+	}
+	tap := n.vmTap(vm.ID)
+	if _, err := netlink.LinkByName(tap); err == nil {
+		d.returnTap(ctx, tap)
+		d.log.InfoContext(ctx, "reconcile: deleted the TAP of an interrupted create", "vm", vm.Name, "tap", tap)
+	}
 }
