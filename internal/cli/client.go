@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +18,20 @@ import (
 
 // daemonStartTimeout bounds how long the CLI waits for a bangerd it started.
 const daemonStartTimeout = 15 * time.Second
+
+// daemonReturnTimeout bounds how long a CLI following an operation waits
+// for a daemon to answer again after its own went away (starting one, as
+// any call does when none runs): several daemonStartTimeouts, for a new
+// daemon whose start reconciles many VMs on a loaded host.
+const daemonReturnTimeout = 60 * time.Second
+
+// reconnect is how awaitDaemon gets a daemon back: the bound of its wait
+// and the start it makes when nothing answers. Tests shorten the one and
+// replace the other with a daemon of their own.
+var reconnect = struct {
+	timeout time.Duration
+	start   func(a *app, ctx context.Context, c *rpc.Client) error
+}{daemonReturnTimeout, (*app).startDaemon}
 
 // newClient is the one maker of the CLI's clients for bangerd. Each trusts
 // only the user's own daemon: the runtime directory must pass
@@ -183,6 +198,73 @@ func (a *app) waitGone(ctx context.Context, timeout time.Duration) error {
 		time.Sleep(25 * time.Millisecond)
 	}
 	return fmt.Errorf("bangerd still answers on %s after %s: %w", a.layout.DaemonSocket(), timeout, rpc.ErrTimeout)
+}
+
+// daemonWentAway reports whether err, from a call to bangerd, means the
+// daemon did not answer at all: no socket or a stale one, a connection
+// refused, reset or closed without a reply (a daemon killed under a call).
+// An answer (*rpc.ErrorResponse), a refusal of the socket, the CLI's own
+// context ending and a reply that does not decode are not: those are
+// reported as they are. The rpc client gives a connection closed without a
+// reply no error type of its own, so what is not one of these is taken for
+// a daemon gone; awaitDaemon then finds out.
+func daemonWentAway(ctx context.Context, err error) bool {
+	if err == nil || ctx.Err() != nil || refused(err) {
+		return false
+	}
+	var er *rpc.ErrorResponse
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	return !errors.As(err, &er) && !errors.As(err, &se) && !errors.As(err, &te)
+}
+
+// awaitDaemon waits until a bangerd answers on the socket again, starting
+// one when nothing listens (the way client does; CLIs racing to start it
+// end up talking to the one that won the lock), for at most
+// reconnect.timeout. It returns the daemon's pid, or, when none answered,
+// an unavailable error that says what was waited for (the op id and what
+// to look at go in the caller's message).
+func (a *app) awaitDaemon(ctx context.Context, c *rpc.Client) (int, error) {
+	wctx, cancel := context.WithTimeout(ctx, reconnect.timeout)
+	defer cancel()
+	var last error
+	for {
+		var p api.Ping
+		pctx, pcancel := context.WithTimeout(wctx, 3*time.Second)
+		err := c.Call(pctx, api.MethodDaemonPing, nil, &p)
+		pcancel()
+		var er *rpc.ErrorResponse
+		switch {
+		case err == nil:
+			return p.PID, nil
+		case errors.As(err, &er):
+			return 0, nil // a daemon answers, if with an error: it is there
+		case refused(err):
+			return 0, err
+		}
+		last = err
+		if rpc.IsUnreachable(err) && wctx.Err() == nil {
+			serr := reconnect.start(a, wctx, c)
+			if serr == nil {
+				continue // it answers: ping again for its pid
+			}
+			if errors.As(serr, &er) || refused(serr) {
+				return 0, serr
+			}
+			if wctx.Err() == nil {
+				last = serr
+			}
+		}
+		select {
+		case <-wctx.Done():
+			if ctx.Err() != nil {
+				return 0, ctx.Err()
+			}
+			return 0, fmt.Errorf("no daemon answered on %s within %s (last: %v): %w",
+				a.layout.DaemonSocket(), reconnect.timeout, last, rpc.ErrUnavailable)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // call makes one call to bangerd, starting it when needed.

@@ -17,6 +17,12 @@ import (
 // completes and, on a terminal, a live line with the running stage, its
 // elapsed time and the latest progress note. It returns the final state;
 // a failed operation is returned as its error.
+//
+// When the daemon goes away under it (killed, crashed, stopped), follow
+// outlives it (outliveDaemon): it waits for a daemon to answer again and
+// returns where the operation's object really ended, as a final state of
+// the same shape (a succeeded operation with the object as its result) or
+// as the error that ended it.
 func (a *app) follow(ctx context.Context, c *rpc.Client, method string, o api.Operation) (api.Operation, error) {
 	tty := a.output == "text" && isTerminal(a.stderr)
 	printed := map[string]bool{}
@@ -73,7 +79,13 @@ func (a *app) follow(ctx context.Context, c *rpc.Client, method string, o api.Op
 		err := c.Call(ctx, method, api.OperationStatusParams{OpID: o.ID, WaitMS: 500}, &next)
 		if err != nil {
 			clearLine()
-			return o, err
+			if !daemonWentAway(ctx, err) {
+				return o, err
+			}
+			var resumed bool
+			if next, resumed, err = a.outliveDaemon(ctx, c, method, o, err); !resumed {
+				return next, err
+			}
 		}
 		o = next
 	}
