@@ -100,6 +100,39 @@ func (r IdentityRequest) request() Request {
 	return req
 }
 
+// Identity is the identity of a decoded identity request, as the agent
+// applies it: the inverse of what Identity sends (its request() is r
+// again). Its error, for a request DecodeRequest did not accept, wraps
+// rpc.ErrBadRequest.
+func (r Request) Identity() (IdentityRequest, error) {
+	if r.Op != OpIdentity {
+		return IdentityRequest{}, badRequest("op %s is not identity", r.Op)
+	}
+	if err := r.checkIdentity(); err != nil {
+		return IdentityRequest{}, err
+	}
+	id := IdentityRequest{Hostname: r.Hostname, MachineID: r.MachineID, Entropy: r.Entropy}
+	if r.MAC != "" {
+		id.MAC, _ = ParseMAC(r.MAC) // checked
+	}
+	if r.Address != "" {
+		id.Address = netip.MustParsePrefix(r.Address) // checked
+	}
+	if r.Gateway != "" {
+		id.Gateway = netip.MustParseAddr(r.Gateway) // checked
+	}
+	if r.DNS != "" {
+		id.DNS = netip.MustParseAddr(r.DNS) // checked
+	}
+	if r.HostKey != "" {
+		id.HostKey, id.HostKeyPub = []byte(r.HostKey), []byte(r.HostKeyPub)
+	}
+	if r.UnixNano != 0 {
+		id.Time = time.Unix(0, r.UnixNano)
+	}
+	return id, nil
+}
+
 // IdentityStep is one applied step of identity and how long it took.
 type IdentityStep struct {
 	Step       string `json:"step"`

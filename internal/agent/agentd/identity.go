@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -55,7 +54,11 @@ func (s *Server) file(rel string) string { return filepath.Join(s.root(), rel) }
 // identity applies the request's identity, step by step in the order of
 // agent.Step*: a failure answers with the step's name and those applied
 // before it, which stay applied.
-func (s *Server) identity(st net.Conn, req agent.Request) ([]any, error) {
+func (s *Server) identity(st net.Conn, msg agent.Request) ([]any, error) {
+	req, err := msg.Identity() // checked by DecodeRequest already
+	if err != nil {
+		return nil, answer(st, nil, err)
+	}
 	identityMu.Lock()
 	defer identityMu.Unlock()
 	start := time.Now()
@@ -73,46 +76,43 @@ func (s *Server) identity(st net.Conn, req agent.Request) ([]any, error) {
 		res.Interface = l.Attrs().Name
 		return nil
 	}
-	var prefix netip.Prefix
-	if req.Address != "" {
-		prefix = netip.MustParsePrefix(req.Address) // checked by DecodeRequest
-	}
+	prefix := req.Address
 	flushed := false // the link's old IPv4 addresses and routes are gone
 	steps := []struct {
 		name string
 		set  bool
 		run  func() error
 	}{
-		{agent.StepClock, req.UnixNano != 0, func() error { return s.clock(time.Unix(0, req.UnixNano)) }},
+		{agent.StepClock, !req.Time.IsZero(), func() error { return s.clock(req.Time) }},
 		{agent.StepEntropy, req.Entropy != nil, func() error { return s.entropy(req.Entropy) }},
 		{agent.StepMachineID, req.MachineID != "", func() error {
 			return writeAtomic(s.file(etcMachineID), []byte(req.MachineID+"\n"), modeOf(s.file(etcMachineID), 0o444))
 		}},
 		{agent.StepHostname, req.Hostname != "", func() error { return s.hostname(req.Hostname) }},
-		{agent.StepHostKey, req.HostKey != "", func() error {
-			reloaded, err := s.hostKey([]byte(req.HostKey), []byte(req.HostKeyPub))
+		{agent.StepHostKey, req.HostKey != nil, func() error {
+			reloaded, err := s.hostKey(req.HostKey, req.HostKeyPub)
 			res.SSHDReloaded = reloaded
 			return err
 		}},
-		{agent.StepDNS, req.DNS != "", func() error {
+		{agent.StepDNS, req.DNS.IsValid(), func() error {
 			// A symlink (to a resolver's stub file) is replaced by a file.
-			return writeAtomic(s.file(etcResolv), []byte("nameserver "+req.DNS+"\n"), 0o644)
+			return writeAtomic(s.file(etcResolv), []byte("nameserver "+req.DNS.String()+"\n"), 0o644)
 		}},
-		{agent.StepMAC, req.MAC != "", func() error {
+		{agent.StepMAC, req.MAC != nil, func() error {
 			if err := findLink(); err != nil {
 				return err
 			}
 			if prefix.IsValid() {
 				// Before the MAC changes: with arp_notify the kernel
-				// announces the link's address with the new MAC, and the
-				// old address is the snapshot's, another VM's.
+				// announces the link's addresses with the new MAC as it
+				// comes up again, and the old address is the
+				// snapshot's, another VM's.
 				if err := flushIPv4(link); err != nil {
 					return err
 				}
 				flushed = true
 			}
-			hw, _ := agent.ParseMAC(req.MAC) // checked by DecodeRequest
-			l, err := setMAC(link, hw)
+			l, err := setMAC(link, req.MAC)
 			if err != nil {
 				return err
 			}
@@ -132,11 +132,7 @@ func (s *Server) identity(st net.Conn, req agent.Request) ([]any, error) {
 					return err
 				}
 			}
-			var gw netip.Addr
-			if req.Gateway != "" {
-				gw = netip.MustParseAddr(req.Gateway)
-			}
-			if err := setAddress(link, prefix, gw); err != nil {
+			if err := setAddress(link, prefix, req.Gateway); err != nil {
 				return err
 			}
 			var err error
