@@ -451,7 +451,47 @@ func modeOf(path string, def fs.FileMode) fs.FileMode {
 // a temporary file beside it, synced, then renamed over it (a symlink at
 // path is replaced, not followed). A reader sees the old file or the new
 // one, never a part; on failure the temporary file is removed.
+//
+// A file that is a mount point cannot be renamed over (EBUSY): systemd
+// bind-mounts a transient /run/machine-id over an empty /etc/machine-id
+// at first boot until systemd-machine-id-commit.service commits it, and a
+// container manager mounts its own /etc/hosts, /etc/hostname and
+// /etc/resolv.conf. Such a file is rewritten in place instead (one write,
+// then fsync; its mode is left as it is), which is what the mount's owner
+// reads and commits.
 func writeAtomic(path string, data []byte, perm fs.FileMode) error {
+	err := renameInto(path, data, perm)
+	if errors.Is(err, unix.EBUSY) {
+		if err = writeInPlace(path, data); err != nil {
+			return fmt.Errorf("writing %s (a mount point) in place: %w", path, err)
+		}
+		return nil
+	}
+	return err
+}
+
+// writeInPlace truncates the regular file at path (not a symlink) and
+// writes data into it.
+func writeInPlace(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return fmt.Errorf("not a regular file")
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func renameInto(path string, data []byte, perm fs.FileMode) error {
 	dir, base := filepath.Split(path)
 	f, err := os.CreateTemp(dir, "."+base+".banger-*")
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -511,4 +512,49 @@ func TestSetClockNeedsCapability(t *testing.T) {
 	if err := <-errc; !errors.Is(err, rpc.ErrForbidden) || !strings.Contains(err.Error(), "clock_settime") {
 		t.Errorf("unprivileged clock_settime: %v, want forbidden", err)
 	}
+}
+
+// A file that is a mount point (systemd's transient /etc/machine-id, a
+// bind mount of /run/machine-id until it is committed) cannot be renamed
+// over: identity rewrites it in place. Runs in the private mount namespace
+// InNetNS gives the test.
+func TestIdentityMountedMachineIDRoot(t *testing.T) {
+	if !testutil.InNetNS(t) {
+		return
+	}
+	root := guestRoot(t)
+	transient := filepath.Join(t.TempDir(), "machine-id")
+	if err := os.WriteFile(transient, []byte("00112233445566778899aabbccddee00\n"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(root, etcMachineID)
+	if err := unix.Mount(transient, target, "", unix.MS_BIND, ""); err != nil {
+		t.Fatalf("bind-mounting over %s: %v", target, err)
+	}
+	t.Cleanup(func() { unix.Unmount(target, unix.MNT_DETACH) })
+	if err := renameInto(target, []byte("x\n"), 0o444); !errors.Is(err, unix.EBUSY) {
+		t.Fatalf("renaming over a mount point: %v, want EBUSY (else this test proves nothing)", err)
+	}
+
+	srv, _, _ := identityServer(t, root)
+	s := startSession(t, srv)
+	const id = "abcdefabcdefabcdefabcdefabcdef02"
+	res, err := agent.Identity(testCtx(t), stream(t, s), agent.IdentityRequest{MachineID: id})
+	if err != nil || strings.Join(res.Steps(), ",") != agent.StepMachineID {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if got := readFile(t, target); got != id+"\n" {
+		t.Errorf("%s reads %q", target, got)
+	}
+	if got := readFile(t, transient); got != id+"\n" {
+		t.Errorf("the mount's source %s reads %q (what systemd commits)", transient, got)
+	}
+	var st1, st2 unix.Stat_t
+	unix.Stat(target, &st1)
+	unix.Stat(transient, &st2)
+	if st1.Ino != st2.Ino || st1.Dev != st2.Dev {
+		t.Error("the mount point was replaced")
+	}
+	checkMode(t, target, 0o444)
+	noTemps(t, filepath.Join(root, "etc"))
 }
