@@ -380,12 +380,7 @@ func (d *Daemon) vmForkBegin(ctx context.Context, p api.VMForkParams) (api.Opera
 	go func() {
 		defer d.deleteSnapshot(bctx, res.sn) // the frozen disks stay: both VMs sit on them
 		vm, err := d.createFrom(bctx, o, vm, img, res.sn)
-		if err != nil {
-			d.failCreate(bctx, o, vm, err)
-			return
-		}
-		vm = d.rememberBoot(bctx, vm, o)
-		o.finish(d.vmInfo(bctx, vm), nil)
+		d.endVMOp(bctx, o, vm, err)
 	}()
 	return o.snapshot(), nil
 }

@@ -285,12 +285,7 @@ func (d *Daemon) vmStartBegin(ctx context.Context, p api.VMRef) (api.Operation, 
 		defer unlock()
 		d.releaseRuntime(bctx, vm) // anything a dead VMM left
 		vm, err := d.bootVM(bctx, o, vm, img)
-		if err != nil {
-			d.failCreate(bctx, o, vm, err)
-			return
-		}
-		vm = d.rememberBoot(bctx, vm, o)
-		o.finish(d.vmInfo(bctx, vm), nil)
+		d.endVMOp(bctx, o, vm, err)
 	}()
 	return o.snapshot(), nil
 }

@@ -154,12 +154,7 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.O
 	if from.ID != "" {
 		go func() {
 			vm, err := d.createFrom(bctx, o, vm, img, from)
-			if err != nil {
-				d.failCreate(bctx, o, vm, err)
-				return
-			}
-			vm = d.rememberBoot(bctx, vm, o)
-			o.finish(d.vmInfo(bctx, vm), nil)
+			d.endVMOp(bctx, o, vm, err)
 		}()
 		return o.snapshot(), nil
 	}
@@ -193,6 +188,17 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.O
 		o.finish(d.vmInfo(bctx, vm), nil)
 	}()
 	return o.snapshot(), nil
+}
+
+// endVMOp ends an operation that made or booted vm: failed with err, or
+// finished with the VM and its boot's stages recorded.
+func (d *Daemon) endVMOp(ctx context.Context, o *operation, vm model.VM, err error) {
+	if err != nil {
+		d.failCreate(ctx, o, vm, err)
+		return
+	}
+	vm = d.rememberBoot(ctx, vm, o)
+	o.finish(d.vmInfo(ctx, vm), nil)
 }
 
 // createDefaults fills a create's zero values from the config.
