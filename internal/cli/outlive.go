@@ -172,8 +172,9 @@ func succeeded(o api.Operation, result any, ended time.Time) (api.Operation, err
 // asks the agent until it answers, for at most the VM's boot timeout
 // (vm.boot_timeout). A VM still creating, or recorded running while its
 // VMM is gone (the daemon's monitor stops it within a second), is on its
-// way: looked at again. Stopped and failed are ends: returned as the
-// error, with the VM's last error.
+// way: looked at again. Any other state (stopped, failed, paused, or one
+// this banger does not know) is an end: returned as the error, with the
+// VM's last error and the next step (vmEndedError).
 func (a *app) vmEnd(ctx context.Context, c *rpc.Client, o api.Operation) (api.Operation, error) {
 	name := o.Target
 	wait := a.bootTimeout()
