@@ -34,7 +34,10 @@ func (d *Daemon) identify(ctx context.Context, vm model.VM, pid int, hostKey str
 	// for the next. So an attempt's handshake gets a short time, growing
 	// (a guest slowed by its neighbours answers late, not never).
 	attempt := 250 * time.Millisecond
+	start, tries := time.Now(), 0
+	var sessionAt time.Duration
 	for {
+		tries++
 		adl := time.Now().Add(attempt)
 		if adl.After(deadline) {
 			adl = deadline
@@ -53,10 +56,12 @@ func (d *Daemon) identify(ctx context.Context, vm model.VM, pid int, hostKey str
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
+		sessionAt = time.Since(start)
 		ictx, cancel := context.WithDeadline(ctx, deadline)
 		st, err := d.agentStream(ictx, vm)
 		if err == nil {
 			var res agent.IdentityResult
+			req.Time = time.Now() // not the time before the retries
 			res, err = agent.Identity(ictx, st, req)
 			st.Close()
 			cancel()
@@ -65,7 +70,8 @@ func (d *Daemon) identify(ctx context.Context, vm model.VM, pid int, hostKey str
 				for _, s := range res.Applied {
 					steps = append(steps, fmt.Sprintf("%s %.0f", s.Step, float64(s.DurationUS)/1000))
 				}
-				return fmt.Sprintf("%s: %s ms, %.1f ms in the guest (sshd reloaded: %v)", res.Interface, strings.Join(steps, ", "), float64(res.DurationUS)/1000, res.SSHDReloaded), nil
+				return fmt.Sprintf("the agent answered in %d ms (attempt %d); %s: %s ms, %.1f ms in the guest (sshd reloaded: %v)",
+					sessionAt.Milliseconds(), tries, res.Interface, strings.Join(steps, ", "), float64(res.DurationUS)/1000, res.SSHDReloaded), nil
 			}
 			if rpcRemote(err) {
 				return "", fmt.Errorf("the guest agent refused the identity: %w", err)

@@ -306,6 +306,12 @@ func (d *Daemon) takeSnapshot(ctx context.Context, vm model.VM, req snapshotReq)
 	}
 	if req.kind == model.SnapshotTemplate {
 		d.waitSSHD(ctx, vm)
+		// Nothing else uses a template's VM: end its agent session, so
+		// the snapshot's agent waits for a handshake and each clone's
+		// first one is answered (one taken mid-session is swallowed by
+		// that session's framing, and retried).
+		d.agents.drop(vm.ID)
+		time.Sleep(300 * time.Millisecond)
 	}
 	_, accel, _ := d.chooseVMM(ctx, img.KernelPath)
 	bootSpec, err := d.vmSpec(vm, img, accel)

@@ -363,6 +363,7 @@ func TestIdentityReloadsSSHD(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv, _, _ := identityServer(t, root)
+	srv.WaitSSHDReload = true
 	s := startSession(t, srv)
 	priv, pub := sshKeygen(t)
 	key := agent.IdentityRequest{HostKey: priv, HostKeyPub: pub}
@@ -408,6 +409,48 @@ func TestIdentityReloadsSSHD(t *testing.T) {
 		!strings.Contains(err.Error(), "sshd (pid "+strconv.Itoa(pid)+") exited after SIGHUP") {
 		t.Errorf("%v", err)
 	}
+}
+
+// By default the host key step answers after the SIGHUP and waits for the
+// re-exec in the background: the answer does not wait, the re-exec
+// happens, a second identity waits for it, and an sshd that dies of its
+// SIGHUP is logged.
+func TestIdentityReloadsSSHDInBackground(t *testing.T) {
+	root := guestRoot(t)
+	if err := os.Symlink("/proc", filepath.Join(root, "proc")); err != nil {
+		t.Fatal(err)
+	}
+	srv, _, tlog := identityServer(t, root)
+	s := startSession(t, srv)
+	priv, pub := sshKeygen(t)
+	key := agent.IdentityRequest{HostKey: priv, HostKeyPub: pub}
+
+	pid, log := fakeSSHD(t, root, true)
+	res, err := agent.Identity(testCtx(t), stream(t, s), key)
+	if err != nil || !res.SSHDReloaded {
+		t.Fatalf("%+v %v", res, err)
+	}
+	waitLog(t, tlog, "agent identity: sshd reloaded", 1)
+	if n := starts(t, log); n != 2 {
+		t.Errorf("sshd started %d times, want 2 (a re-exec)", n)
+	}
+	// Twice in a row: the second SIGHUP waits for the first re-exec.
+	if _, err := agent.Identity(testCtx(t), stream(t, s), key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agent.Identity(testCtx(t), stream(t, s), key); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, tlog, "agent identity: sshd reloaded", 3)
+	if unix.Kill(pid, 0) != nil || starts(t, log) != 4 {
+		t.Errorf("sshd alive: %v, started %d times, want 4", unix.Kill(pid, 0) == nil, starts(t, log))
+	}
+
+	pid, _ = fakeSSHD(t, root, false)
+	if _, err := agent.Identity(testCtx(t), stream(t, s), key); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, tlog, "sshd (pid "+strconv.Itoa(pid)+") exited after SIGHUP", 1)
 }
 
 func TestRandPoolInfo(t *testing.T) {

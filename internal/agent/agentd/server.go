@@ -41,6 +41,11 @@ type Server struct {
 	// SetClock sets the guest's clock (default: clock_settime of
 	// CLOCK_REALTIME). Tests replace it so as not to touch the host's.
 	SetClock func(time.Time) error
+	// WaitSSHDReload makes the host key step wait for sshd's re-exec
+	// after its SIGHUP and fail when sshd does not come back, instead of
+	// waiting in the background and logging the outcome (the default:
+	// identity's answer is on a restored VM's critical path).
+	WaitSSHDReload bool
 	// PowerOff syncs and powers off or reboots (default: sync, then
 	// reboot(2)). It runs after shutdown's answer went out.
 	PowerOff func(reboot bool) error
