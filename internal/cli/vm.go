@@ -101,7 +101,11 @@ func (a *app) vmCreateCommand() *cobra.Command {
 has a warm template of the same size (banger image warm; the first cold create
 of the default size makes one), the VM is restored from it and given its own
 identity instead of booting: the "restore" stage says so, and the log says why a
-create booted cold. --cold always boots; --from makes it from a snapshot.`,
+create booted cold. --cold always boots; --from makes it from a snapshot.
+
+If bangerd goes away while this command follows the create, banger waits up
+to 60 s for a daemon to answer again (starting one), then reports where the
+VM ended.`,
 		Example: `  banger vm create --name web
   banger vm create --name big --vcpus 4 --memory 4096 --disk-size 20G
   banger vm create --name web2 --from web-before-upgrade
