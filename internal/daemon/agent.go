@@ -136,7 +136,22 @@ func (d *Daemon) agentSession(ctx context.Context, vm model.VM) (*agent.Session,
 		s, err = agent.Dial(conn)
 		if err == nil {
 			_ = conn.SetDeadline(time.Time{})
-			break
+			// A handshake answered may be a stale answer: one the guest
+			// wrote to an earlier connection that gave up, delivered to
+			// this one, while the guest takes this connection's line for
+			// junk. A hello proves the session.
+			hdl := time.Now().Add(try)
+			if hdl.After(dl) {
+				hdl = dl
+			}
+			if err = helloBy(ctx, s, hdl); err == nil {
+				break
+			}
+			s.Close()
+			if !errors.Is(err, context.DeadlineExceeded) || !hdl.Before(dl) {
+				break
+			}
+			continue
 		}
 		conn.Close()
 		var ne net.Error
@@ -310,4 +325,20 @@ func closeWrite(c net.Conn) {
 		return
 	}
 	c.Close()
+}
+
+// helloBy runs a hello on a new stream of s by deadline dl.
+func helloBy(ctx context.Context, s *agent.Session, dl time.Time) error {
+	hctx, cancel := context.WithDeadline(ctx, dl)
+	defer cancel()
+	st, err := s.Open(hctx)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	_, err = agent.Hello(hctx, st)
+	if err != nil && hctx.Err() != nil {
+		return fmt.Errorf("the agent's session does not answer: %w", context.DeadlineExceeded)
+	}
+	return err
 }

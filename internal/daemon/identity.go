@@ -24,7 +24,12 @@ import (
 // use), 64 bytes of the host's entropy credited to the kernel's RNG and a
 // reseed, and the clock. The DNS record is the VM's row: bangerd's DNS
 // answers from it.
-func (d *Daemon) identify(ctx context.Context, vm model.VM, pid int, hostKey string, deadline time.Time) (string, error) {
+//
+// fresh says the snapshot's agent was waiting for a handshake (a template:
+// its session was ended first), so the first one is answered and can be
+// given long (ten clones restored at once answer slowly); one of a VM
+// taken mid-session is swallowed, and retried soon.
+func (d *Daemon) identify(ctx context.Context, vm model.VM, pid int, hostKey string, deadline time.Time, fresh bool) (string, error) {
 	req, err := d.identityOf(vm, hostKey)
 	if err != nil {
 		return "", err
@@ -34,6 +39,9 @@ func (d *Daemon) identify(ctx context.Context, vm model.VM, pid int, hostKey str
 	// for the next. So an attempt's handshake gets a short time, growing
 	// (a guest slowed by its neighbours answers late, not never).
 	attempt := 250 * time.Millisecond
+	if fresh {
+		attempt = 4 * time.Second
+	}
 	start, tries := time.Now(), 0
 	var sessionAt time.Duration
 	for {

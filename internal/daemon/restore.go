@@ -226,7 +226,7 @@ func (d *Daemon) restoreVM(ctx context.Context, o *operation, vm model.VM, img m
 	}
 	deadline := time.Now().Add(d.cfg.VM.BootTimeout.D())
 	if err := o.stage(ctx, d.log, "identity", func() (string, error) {
-		detail, err := d.identify(ctx, vm, h.PID, hostKey, deadline)
+		detail, err := d.identify(ctx, vm, h.PID, hostKey, deadline, sn.Kind == model.SnapshotTemplate)
 		if err != nil {
 			return "", vmError(vm, err)
 		}
@@ -331,8 +331,32 @@ func (d *Daemon) makeTemplate(ctx context.Context, o *operation, vm model.VM, im
 			d.log.WarnContext(ctx, "making the warm template", "vm", vm.Name, "error", err.Error())
 			return "not made: " + err.Error(), nil
 		}
+		d.dropStaleTemplates(ctx, vm, img, res.sn.ID)
 		return fmt.Sprintf("%s saved (paused the VM %d ms): the next creates of this image and size restore it", name, res.paused.Milliseconds()), nil
 	})
+}
+
+// dropStaleTemplates deletes the templates of img for vm's size that this
+// host can no longer restore (the image was rebuilt, qemu upgraded), now
+// that keep replaces them.
+func (d *Daemon) dropStaleTemplates(ctx context.Context, vm model.VM, img model.Image, keep string) {
+	sns, err := d.store.ListSnapshots(ctx)
+	if err != nil {
+		return
+	}
+	for _, sn := range sns {
+		if sn.Kind != model.SnapshotTemplate || sn.Image != img.Name || sn.ID == keep {
+			continue
+		}
+		m, err := decodeManifest(sn)
+		if err != nil || m.Machine.VCPUs != vm.Spec.VCPUs || m.Machine.MemoryMiB != vm.Spec.MemoryMiB || m.Machine.DiskSizeBytes != vm.Spec.DiskSizeBytes {
+			continue
+		}
+		if err := d.restoreCheck(ctx, vm, img, m, true); err != nil {
+			d.log.InfoContext(ctx, "deleting a warm template this host cannot restore", "snapshot", sn.Name, "why", err.Error())
+			_ = d.deleteSnapshot(ctx, sn)
+		}
+	}
 }
 
 // vmForkBegin makes a new VM from a running one: a snapshot of the

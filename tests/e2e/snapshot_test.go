@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -111,7 +112,15 @@ func TestSnapshots(t *testing.T) {
 		if r.Code == 0 || !strings.Contains(r.Stderr, "banger vm resume src") {
 			t.Fatalf("exec on a paused VM: %s", r)
 		}
-		time.Sleep(3 * time.Second)
+		// Paused survives bangerd's death: the new daemon reads it back.
+		pid := e.Status().PID
+		syscall.Kill(pid, syscall.SIGKILL)
+		harness.WaitDead(t, pid)
+		e.JSON(&p, "vm", "show", "src")
+		if p.Runtime.State != "paused" || !p.Alive {
+			t.Fatalf("after bangerd's kill -9 a paused VM is %s (alive %v)", p.Runtime.State, p.Alive)
+		}
+		time.Sleep(2 * time.Second)
 		e.MustBanger("vm", "resume", "src")
 		a := guestOut(t, e, "src", "cat", "/run/counter")
 		time.Sleep(1500 * time.Millisecond)
@@ -240,6 +249,33 @@ func TestSnapshots(t *testing.T) {
 			t.Fatalf("the source's write reached the fork: %q", got)
 		}
 		e.MustBanger("vm", "delete", "f1")
+	})
+
+	t.Run("image warm", func(t *testing.T) {
+		var sn api.SnapshotInfo
+		e.JSON(&sn, "image", "warm", "default", "--memory", "384")
+		if sn.Kind != "template" || !strings.Contains(sn.Name, "384") {
+			t.Fatalf("image warm made %+v", sn)
+		}
+		var list []api.VMInfo
+		e.JSON(&list, "vm", "list")
+		for _, v := range list {
+			if strings.HasPrefix(v.Name, "warm-") {
+				t.Fatalf("image warm left its VM %s", v.Name)
+			}
+		}
+		e.MustBanger("vm", "create", "--name", "w384", "--memory", "384")
+		var w api.VMInfo
+		e.JSON(&w, "vm", "show", "w384")
+		if d := stageDetail(w, "allocate"); !strings.Contains(d, sn.Name) {
+			t.Fatalf("a create of 384 MiB did not restore %s: %v", sn.Name, w.Runtime.LastBoot)
+		}
+		// Again: the template exists, nothing is made.
+		r := e.MustBanger("image", "warm", "default", "--memory", "384")
+		if !strings.Contains(r.Stdout, sn.Name) {
+			t.Fatalf("a second image warm: %s", r)
+		}
+		e.MustBanger("vm", "delete", "w384")
 	})
 
 	t.Run("mismatches are refused with the reason", func(t *testing.T) {
