@@ -157,6 +157,18 @@ func (o *operation) renameStage(from, to string) {
 	o.notifyLocked()
 }
 
+// hasStage reports whether the operation has a stage of that name.
+func (o *operation) hasStage(name string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, s := range o.st.Stages {
+		if s.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
 func (o *operation) stageIndex(name string) int {
 	o.mu.Lock()
 	defer o.mu.Unlock()

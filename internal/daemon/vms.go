@@ -178,7 +178,7 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.O
 			d.failCreate(bctx, o, vm, err)
 			return
 		}
-		if o.stageIndex("template") >= 0 {
+		if o.hasStage("template") {
 			if cur, err := d.store.GetVM(bctx, vm.ID); err == nil {
 				_ = d.makeTemplate(bctx, o, cur, img)
 				vm, _ = d.store.GetVM(bctx, vm.ID)

@@ -38,6 +38,8 @@ func TestHelperUnitUnderSystemd(t *testing.T) {
 	}
 	e := newVMEnv(t, image)
 	e.MustBanger("vm", "create", "--name", "sd")
+	// Deleted last: a failure's journal (the cleanup below) needs the VM.
+	t.Cleanup(func() { e.Banger("vm", "delete", "sd") })
 	var info api.VMInfo
 	e.JSON(&info, "vm", "show", "sd")
 
@@ -69,6 +71,9 @@ func TestHelperUnitUnderSystemd(t *testing.T) {
 			t.Logf("journal of the unit:\n%s", guestSh(t, e, info, nil, "journalctl -u banger-helper.service --no-pager | tail -n 40; cat /var/log/banger/helper.log | tail -n 40"))
 		}
 	})
+	// systemd says active once the process runs; under TCG its socket may
+	// come a few seconds later.
+	guestSh(t, e, info, nil, "for i in $(seq 1 300); do [ -S /run/banger/helper.sock ] && exit 0; sleep 0.1; done; echo no helper socket after 30 s")
 	for _, run := range []struct{ who, cmd string }{
 		{"root", "helperprobe"},
 		{"uid 65534", "setpriv --reuid=65534 --regid=65534 --clear-groups helperprobe -user"},
@@ -88,7 +93,6 @@ func TestHelperUnitUnderSystemd(t *testing.T) {
 	}
 	score := guestSh(t, e, info, nil, "systemd-analyze security banger-helper.service | tail -n 1")
 	t.Logf("systemd-analyze security in the guest: %s", strings.TrimSpace(score))
-	e.MustBanger("vm", "delete", "sd")
 }
 
 // guestSh runs sh -c script with args in the VM as root through the guest
