@@ -79,7 +79,7 @@ func (d *Daemon) cloneDisks(ctx context.Context, vm model.VM, m snapshot.Manifes
 		var out string
 		if vm.VMM == "qemu" {
 			out = filepath.Join(vm.Runtime.VMDir, dk.ID+"-"+newVMID()[:8]+".qcow2")
-			if _, err := r.Run(ctx, d.qemuImg(), "create", "-q", "-f", "qcow2", "-F", b.Format, "-b", b.Path, out); err != nil {
+			if _, err := r.Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-F", b.Format, "-b", b.Path, out); err != nil {
 				return vm, "", fmt.Errorf("overlay over %s: %w", b.Path, err)
 			}
 		} else {
@@ -128,13 +128,6 @@ func (d *Daemon) cloneDisks(ctx context.Context, vm model.VM, m snapshot.Manifes
 		return nil
 	})
 	return vm, hostKey, err
-}
-
-func (d *Daemon) qemuImg() string {
-	if p := filepath.Join(filepath.Dir(d.cfg.Paths.Qemu), "qemu-img"); filepath.IsAbs(p) && fileExists(p) {
-		return p
-	}
-	return "qemu-img"
 }
 
 // restoreVM boots vm (its disks made) from the snapshot's state: network,
@@ -434,7 +427,7 @@ func (d *Daemon) vmRestoreBegin(ctx context.Context, p api.VMRestoreParams) (api
 		return api.Operation{}, err
 	}
 	if vm.Runtime.State == model.StateCreating {
-		return api.Operation{}, rpc.Errorf(rpc.ErrConflict, "vm %s is being created", vm.Name)
+		return api.Operation{}, rpc.WithHint(rpc.Errorf(rpc.ErrConflict, "vm %s is being created", vm.Name), "wait for the create to end: banger vm show "+vm.Name)
 	}
 	o := d.ops.start(ctx, "vm.restore", vm.Name, rollbackStages)
 	bctx := context.WithoutCancel(ctx)

@@ -534,11 +534,7 @@ func (d *Daemon) reconcileIntent(ctx context.Context, vm model.VM) {
 			}
 		}
 	}
-	if _, err := d.store.GetSnapshot(ctx, in.Snapshot); err != nil {
-		os.RemoveAll(filepath.Join(d.snapshotsDir(), ".tmp-"+in.Snapshot))
-		os.RemoveAll(filepath.Join(d.snapshotsDir(), in.Snapshot))
-	}
-	clearIntent(vm)
+	clearIntent(vm) // its directory, without a row, went at reconcileSnapshotDirs
 }
 
 // --- methods ---
@@ -570,17 +566,11 @@ func (d *Daemon) vmSnapshot(ctx context.Context, p api.VMSnapshotParams) (api.Sn
 }
 
 func (d *Daemon) snapshotInfo(ctx context.Context, sn model.Snapshot) (api.SnapshotInfo, error) {
-	info := api.SnapshotInfo{Snapshot: sn, Details: json.RawMessage(sn.Manifest), UsedBy: []string{}}
-	m, err := decodeManifest(sn)
+	u, err := d.loadBaseUsers(ctx)
 	if err != nil {
-		return info, nil
+		return api.SnapshotInfo{Snapshot: sn, Details: json.RawMessage(sn.Manifest), UsedBy: []string{}}, err
 	}
-	users, err := d.vmsOnBases(ctx, manifestBases(m))
-	if err != nil {
-		return info, err
-	}
-	info.UsedBy = users
-	return info, nil
+	return u.info(sn), nil
 }
 
 func decodeManifest(sn model.Snapshot) (snapshot.Manifest, error) {
@@ -599,30 +589,38 @@ func manifestBases(m snapshot.Manifest) []string {
 	return out
 }
 
-// vmsOnBases names the VMs whose disks sit, directly or through other
-// bases, on any of ids.
-func (d *Daemon) vmsOnBases(ctx context.Context, ids []string) ([]string, error) {
+// baseUsers answers which VMs sit on which frozen disks: the bases'
+// backing chains and the VMs, read once.
+type baseUsers struct {
+	backing map[string]string
+	vms     []model.VM
+}
+
+func (d *Daemon) loadBaseUsers(ctx context.Context) (baseUsers, error) {
+	u := baseUsers{backing: map[string]string{}}
 	bases, err := d.store.ListBases(ctx)
 	if err != nil {
-		return nil, err
+		return u, err
 	}
-	backing := map[string]string{}
 	for _, b := range bases {
-		backing[b.ID] = b.Backing
+		u.backing[b.ID] = b.Backing
 	}
+	u.vms, err = d.store.ListVMs(ctx)
+	return u, err
+}
+
+// on names the VMs whose disks sit, directly or through other bases, on
+// any of ids.
+func (u baseUsers) on(ids []string) []string {
 	want := map[string]bool{}
 	for _, id := range ids {
 		want[id] = true
 	}
-	vms, err := d.store.ListVMs(ctx)
-	if err != nil {
-		return nil, err
-	}
 	users := []string{}
-	for _, vm := range vms {
+	for _, vm := range u.vms {
 	chains:
 		for _, top := range vm.Runtime.Bases {
-			for id, n := top, 0; id != "" && n < 1000; id, n = backing[id], n+1 {
+			for id, n := top, 0; id != "" && n < 1000; id, n = u.backing[id], n+1 {
 				if want[id] {
 					users = append(users, vm.Name)
 					break chains
@@ -630,11 +628,24 @@ func (d *Daemon) vmsOnBases(ctx context.Context, ids []string) ([]string, error)
 			}
 		}
 	}
-	return users, nil
+	return users
+}
+
+// info is sn as list and show report it.
+func (u baseUsers) info(sn model.Snapshot) api.SnapshotInfo {
+	info := api.SnapshotInfo{Snapshot: sn, Details: json.RawMessage(sn.Manifest), UsedBy: []string{}}
+	if m, err := decodeManifest(sn); err == nil {
+		info.UsedBy = u.on(manifestBases(m))
+	}
+	return info
 }
 
 func (d *Daemon) snapshotList(ctx context.Context, p api.SnapshotListParams) ([]api.SnapshotInfo, error) {
 	sns, err := d.store.ListSnapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	u, err := d.loadBaseUsers(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -643,10 +654,7 @@ func (d *Daemon) snapshotList(ctx context.Context, p api.SnapshotListParams) ([]
 		if sn.Kind != model.SnapshotVM && !p.All {
 			continue
 		}
-		info, err := d.snapshotInfo(ctx, sn)
-		if err != nil {
-			return nil, err
-		}
+		info := u.info(sn)
 		info.Details = nil
 		out = append(out, info)
 	}
@@ -769,11 +777,7 @@ func (d *Daemon) reconcileSnapshotDirs(ctx context.Context) {
 			}
 			continue // reconcileIntent finishes or undoes it
 		}
-		for _, f := range in.Freezes {
-			if f.Overlay != vm.Runtime.OverlayPath && f.Overlay != vm.Runtime.WorkDiskPath {
-				os.Remove(f.Overlay)
-			}
-		}
+		d.settleFreezes(ctx, vm.ID, in.Freezes) // a dead VMM: undone
 		clearIntent(vm)
 		d.log.InfoContext(ctx, "reconcile: undid a snapshot its VMM did not live through", "vm", vm.Name, "snapshot", in.Snapshot)
 	}

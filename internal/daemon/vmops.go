@@ -80,6 +80,11 @@ func (d *Daemon) releaseRuntime(ctx context.Context, vm model.VM) {
 	d.agents.drop(vm.ID)
 	d.returnTap(ctx, h.TapDevice)
 	d.dropHandles(vm)
+	// A restore's marker belongs to the VMM just released: a later boot
+	// must not be stopped for it.
+	if vm.Runtime.VMDir != "" {
+		os.Remove(filepath.Join(vm.Runtime.VMDir, vmFileRestoring))
+	}
 }
 
 func waitExit(pid int, timeout time.Duration) bool {

@@ -91,8 +91,7 @@ func (d *Daemon) reconcileVMs(ctx context.Context) {
 		case vm.Runtime.State.Live() && alive && fileExists(filepath.Join(vm.Runtime.VMDir, vmFileRestoring)):
 			// Restored, not yet re-identified: it must not run on.
 			d.setHandles(vm, h)
-			d.releaseRuntime(ctx, vm)
-			os.Remove(filepath.Join(vm.Runtime.VMDir, vmFileRestoring))
+			d.releaseRuntime(ctx, vm) // and its marker
 			d.markStopped(ctx, vm, "a restore was cut short by a bangerd restart before the VM had its identity; start it (banger vm start "+vm.Name+") or restore it again")
 			d.log.WarnContext(ctx, "reconcile: stopped a vm restored without its identity", "vm", vm.Name)
 		case vm.Runtime.State.Live() && alive:

@@ -34,7 +34,7 @@ func snapshotBench(t *testing.T, e *harness.Env, runs int, coldMS []float64, clo
 		warm = append(warm, wall("vm", "create", "--name", n))
 		var info api.VMInfo
 		e.JSON(&info, "vm", "show", n)
-		if d := stageDetail(info, "allocate"); !strings.Contains(d, "warm") {
+		if d := harness.StageDetail(info, "allocate"); !strings.Contains(d, "warm") {
 			t.Fatalf("create %s was not warm: %v", n, info.Runtime.LastBoot)
 		}
 	}
@@ -172,13 +172,4 @@ func vmPss(t *testing.T, e *harness.Env, name string) float64 {
 	}
 	t.Fatalf("no Pss for vm %s", name)
 	return 0
-}
-
-func stageDetail(info api.VMInfo, name string) string {
-	for _, s := range info.Runtime.LastBoot {
-		if s.Name == name {
-			return s.Detail
-		}
-	}
-	return ""
 }

@@ -16,7 +16,7 @@ import (
 	"github.com/banger-dev/banger/tests/harness"
 )
 
-// exec runs argv in the VM through its agent and returns its stdout,
+// guestOut runs argv in the VM through its agent and returns its stdout,
 // trimmed.
 func guestOut(t *testing.T, e *harness.Env, vm string, argv ...string) string {
 	t.Helper()
@@ -30,15 +30,6 @@ func stageNames(info api.VMInfo) []string {
 		out = append(out, s.Name)
 	}
 	return out
-}
-
-func stageDetail(info api.VMInfo, name string) string {
-	for _, s := range info.Runtime.LastBoot {
-		if s.Name == name {
-			return s.Detail
-		}
-	}
-	return ""
 }
 
 // TestSnapshots drives pause, snapshots, restores, forks, creates from a
@@ -69,7 +60,7 @@ func TestSnapshots(t *testing.T) {
 	if got := stageNames(src); !strings.Contains(strings.Join(got, ","), "boot") || got[len(got)-1] != "template" {
 		t.Fatalf("first create's stages: %v", src.Runtime.LastBoot)
 	}
-	if d := stageDetail(src, "template"); !strings.Contains(d, "saved") {
+	if d := harness.StageDetail(src, "template"); !strings.Contains(d, "saved") {
 		t.Fatalf("first create made no template: %q", d)
 	}
 	var all []api.SnapshotInfo
@@ -82,7 +73,7 @@ func TestSnapshots(t *testing.T) {
 		r := e.MustBanger("vm", "create", "--name", "warm1")
 		var w api.VMInfo
 		e.JSON(&w, "vm", "show", "warm1")
-		if d := stageDetail(w, "restore"); !strings.Contains(d, all[0].Name) {
+		if d := harness.StageDetail(w, "restore"); !strings.Contains(d, all[0].Name) {
 			t.Fatalf("warm create did not restore the template: %v\n%s", w.Runtime.LastBoot, r.Stderr)
 		}
 		if h := guestOut(t, e, "warm1", "hostname"); h != "warm1" {
@@ -91,7 +82,7 @@ func TestSnapshots(t *testing.T) {
 		var c api.VMInfo
 		e.MustBanger("vm", "create", "--name", "cold1", "--cold")
 		e.JSON(&c, "vm", "show", "cold1")
-		if stageDetail(c, "boot") == "" || stageDetail(c, "restore") != "" {
+		if harness.StageDetail(c, "boot") == "" || harness.StageDetail(c, "restore") != "" {
 			t.Fatalf("--cold did not boot: %v", c.Runtime.LastBoot)
 		}
 		t.Logf("cold %v; warm %v", c.Runtime.LastBoot, w.Runtime.LastBoot)
@@ -267,7 +258,7 @@ func TestSnapshots(t *testing.T) {
 		e.MustBanger("vm", "create", "--name", "w384", "--memory", "384")
 		var w api.VMInfo
 		e.JSON(&w, "vm", "show", "w384")
-		if d := stageDetail(w, "allocate"); !strings.Contains(d, sn.Name) {
+		if d := harness.StageDetail(w, "allocate"); !strings.Contains(d, sn.Name) {
 			t.Fatalf("a create of 384 MiB did not restore %s: %v", sn.Name, w.Runtime.LastBoot)
 		}
 		// Again: the template exists, nothing is made.
@@ -306,7 +297,7 @@ func TestSnapshots(t *testing.T) {
 		e.MustBanger("vm", "create", "--name", "other")
 		var o api.VMInfo
 		e.JSON(&o, "vm", "show", "other")
-		if stageDetail(o, "boot") == "" {
+		if harness.StageDetail(o, "boot") == "" {
 			t.Fatalf("create under another qemu build did not boot cold: %v", o.Runtime.LastBoot)
 		}
 		e.MustBanger("vm", "delete", "other")

@@ -297,3 +297,13 @@ func readFile(p string) string {
 	b, _ := os.ReadFile(p)
 	return string(b)
 }
+
+// StageDetail is the detail of info's last boot stage called name, or "".
+func StageDetail(info api.VMInfo, name string) string {
+	for _, s := range info.Runtime.LastBoot {
+		if s.Name == name {
+			return s.Detail
+		}
+	}
+	return ""
+}

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/disk"
+	"github.com/banger-dev/banger/internal/runner"
 	"github.com/banger-dev/banger/internal/vmm"
 )
 
@@ -110,9 +110,9 @@ func (d *Driver) FreezeDisks(ctx context.Context, s vmm.Spec, fr []Freeze) error
 		if err := os.Link(s.Disks[i].Path, f.Base); err != nil && !os.IsExist(err) {
 			return fmt.Errorf("keeping disk %s's frozen state: %w", s.Disks[i].ID, err)
 		}
-		if out, err := exec.CommandContext(ctx, d.qemuImg(), "create", "-q", "-f", "qcow2", "-u",
-			"-F", format, "-b", f.Base, f.Overlay, strconv.FormatInt(size, 10)).CombinedOutput(); err != nil {
-			return fmt.Errorf("qemu-img create %s: %v: %s", f.Overlay, err, strings.TrimSpace(string(out)))
+		if _, err := (&runner.Exec{}).Run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-u",
+			"-F", format, "-b", f.Base, f.Overlay, strconv.FormatInt(size, 10)); err != nil {
+			return fmt.Errorf("disk %s's new overlay: %w", s.Disks[i].ID, err)
 		}
 		// A node name is at most 31 characters.
 		sum := sha256.Sum256([]byte(f.Overlay))
@@ -151,21 +151,6 @@ func virtualSizes(ctx context.Context, sess *Session) (map[string]int64, error) 
 		}
 	}
 	return out, nil
-}
-
-// qemuImg is the qemu-img beside the driver's qemu, or the one in PATH.
-func (d *Driver) qemuImg() string {
-	if filepath.IsAbs(d.Binary) {
-		if p := filepath.Join(filepath.Dir(d.Binary), "qemu-img"); fileOK(p) {
-			return p
-		}
-	}
-	return "qemu-img"
-}
-
-func fileOK(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }
 
 // ActiveDisks returns the file each disk of the VM writes to now, in disk
