@@ -17,6 +17,7 @@ import (
 	"github.com/banger-dev/banger/internal/daemon"
 	"github.com/banger-dev/banger/internal/imagebuild"
 	"github.com/banger-dev/banger/internal/logging"
+	"github.com/banger-dev/banger/internal/mount"
 	"github.com/banger-dev/banger/internal/paths"
 	"github.com/banger-dev/banger/internal/rpc"
 	"github.com/banger-dev/banger/internal/version"
@@ -28,6 +29,11 @@ func main() {
 	// any flag or config is read.
 	if imagebuild.IsHook() {
 		os.Exit(imagebuild.RunHook())
+	}
+	// A VM's virtiofsd is started through a copy of this binary that sets
+	// up its namespaces first (internal/mount).
+	if mount.IsWrapper() {
+		os.Exit(mount.RunWrapper())
 	}
 	os.Exit(run())
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -97,6 +98,44 @@ func Shutdown(ctx context.Context, rw io.ReadWriter, reboot bool) error {
 // listens on is a *RemoteError with code not_found.
 func Connect(ctx context.Context, rw io.ReadWriter, port int) error {
 	return call(ctx, rw, Request{Op: OpConnect, Port: port}, nil)
+}
+
+// ConnectUDP has the agent relay UDP to 127.0.0.1:port in the guest. On
+// success each datagram crosses rw framed by WriteDatagram, both ways,
+// until rw closes.
+func ConnectUDP(ctx context.Context, rw io.ReadWriter, port int) error {
+	return call(ctx, rw, Request{Op: OpConnectUDP, Port: port}, nil)
+}
+
+// MaxDatagram is the largest datagram ConnectUDP relays.
+const MaxDatagram = 65535
+
+// WriteDatagram writes one datagram on a connect_udp stream: its length
+// (2 bytes, big-endian), then its bytes.
+func WriteDatagram(w io.Writer, b []byte) error {
+	if len(b) > MaxDatagram {
+		return fmt.Errorf("datagram of %d bytes: at most %d", len(b), MaxDatagram)
+	}
+	buf := make([]byte, 2+len(b))
+	binary.BigEndian.PutUint16(buf, uint16(len(b)))
+	copy(buf[2:], b)
+	_, err := w.Write(buf)
+	return err
+}
+
+// ReadDatagram reads one datagram written by WriteDatagram into buf
+// (MaxDatagram bytes hold any) and returns its length.
+func ReadDatagram(r io.Reader, buf []byte) (int, error) {
+	var n [2]byte
+	if _, err := io.ReadFull(r, n[:]); err != nil {
+		return 0, err
+	}
+	l := int(binary.BigEndian.Uint16(n[:]))
+	if l > len(buf) {
+		return 0, fmt.Errorf("datagram of %d bytes for a %d-byte buffer", l, len(buf))
+	}
+	_, err := io.ReadFull(r, buf[:l])
+	return l, err
 }
 
 // ExecRequest is what to run in the guest.

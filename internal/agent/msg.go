@@ -16,14 +16,17 @@ import (
 
 // The ops of docs/agent.md.
 const (
-	OpHello    = "hello"
-	OpExec     = "exec"
-	OpStat     = "stat"
-	OpPut      = "put"
-	OpGet      = "get"
-	OpConnect  = "connect"
-	OpSetTime  = "set_time"
-	OpShutdown = "shutdown"
+	OpHello   = "hello"
+	OpExec    = "exec"
+	OpStat    = "stat"
+	OpPut     = "put"
+	OpGet     = "get"
+	OpConnect = "connect"
+	// OpConnectUDP relays UDP datagrams to a guest port, framed
+	// (WriteDatagram): a name of its own, so an older agent refuses it.
+	OpConnectUDP = "connect_udp"
+	OpSetTime    = "set_time"
+	OpShutdown   = "shutdown"
 )
 
 // Request is the first message of a stream as it travels: the op and the
@@ -57,15 +60,16 @@ type Request struct {
 
 // requestFields lists the fields each op accepts besides "op".
 var requestFields = map[string][]string{
-	OpHello:    nil,
-	OpExec:     {"argv", "env", "dir", "user", "stdin", "tty", "timeout_ms"},
-	OpStat:     {"path"},
-	OpPut:      {"dir", "name"},
-	OpGet:      {"path"},
-	OpConnect:  {"port"},
-	OpSetTime:  {"unix_nano"},
-	OpShutdown: {"reboot"},
-	OpIdentity: {"hostname", "mac", "address", "gateway", "dns", "machine_id", "host_key", "host_key_pub", "entropy", "unix_nano"},
+	OpHello:      nil,
+	OpExec:       {"argv", "env", "dir", "user", "stdin", "tty", "timeout_ms"},
+	OpStat:       {"path"},
+	OpPut:        {"dir", "name"},
+	OpGet:        {"path"},
+	OpConnect:    {"port"},
+	OpConnectUDP: {"port"},
+	OpSetTime:    {"unix_nano"},
+	OpShutdown:   {"reboot"},
+	OpIdentity:   {"hostname", "mac", "address", "gateway", "dns", "machine_id", "host_key", "host_key_pub", "entropy", "unix_nano"},
 }
 
 // TTY asks exec for a pseudo-terminal of this size.
@@ -312,9 +316,9 @@ func (r *Request) check() error {
 			return err
 		}
 		return CheckName(r.Name)
-	case OpConnect:
+	case OpConnect, OpConnectUDP:
 		if r.Port < 1 || r.Port > 65535 {
-			return badRequest("connect: port %d is not in 1..65535", r.Port)
+			return badRequest("%s: port %d is not in 1..65535", r.Op, r.Port)
 		}
 	case OpSetTime:
 		if r.UnixNano <= 0 {

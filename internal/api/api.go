@@ -299,6 +299,10 @@ type VMCreateParams struct {
 	From string `json:"from,omitempty"`
 	// Cold boots the VM even when a warm template matches.
 	Cold bool `json:"cold,omitempty"`
+	// Mounts are host folders (absolute host paths) the guest mounts.
+	Mounts []model.Mount `json:"mounts,omitempty"`
+	// Publish are host ports bangerd forwards to the guest's.
+	Publish []model.Publish `json:"publish,omitempty"`
 }
 
 // VMRef names a VM by name, id or unique id prefix.
@@ -316,6 +320,27 @@ type VMInfo struct {
 	// Agent says the VM's image carries the guest agent (guest contract
 	// 3): vm exec, vm cp and vm port-forward work, and vm run uses it.
 	Agent bool `json:"agent"`
+	// Mounts and Ports say how the VM's host folders and published
+	// ports are doing (for a running VM).
+	Mounts []MountState `json:"mount_state,omitempty"`
+	Ports  []PortState  `json:"port_state,omitempty"`
+}
+
+// MountState is one host folder of a VM: its virtiofsd and whether it runs.
+type MountState struct {
+	model.Mount
+	Tag   string `json:"tag"`
+	PID   int    `json:"pid,omitempty"`
+	Alive bool   `json:"alive"`
+}
+
+// PortState is one published port: whether bangerd listens on it, and
+// the connections it has forwarded.
+type PortState struct {
+	model.Publish
+	Listening   bool   `json:"listening"`
+	Connections int64  `json:"connections"`
+	Error       string `json:"error,omitempty"`
 }
 
 // SSHInfo is what the CLI needs to run the system's ssh against a VM.

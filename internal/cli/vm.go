@@ -19,6 +19,9 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/mount"
+	"github.com/banger-dev/banger/internal/publish"
 	"github.com/banger-dev/banger/internal/rpc"
 )
 
@@ -40,6 +43,8 @@ with the install's key.`,
 
 type createFlags struct {
 	p        api.VMCreateParams
+	mounts   []string
+	publish  []string
 	disk     string
 	noBuild  bool
 	rm       bool
@@ -56,6 +61,8 @@ func (f *createFlags) register(cmd *cobra.Command) {
 	fl.BoolVar(&f.noBuild, "no-build", false, "fail instead of building the default image when it does not exist")
 	fl.StringVar(&f.p.From, "from", "", "make the VM from this snapshot (its image and size) instead of booting it")
 	fl.BoolVar(&f.p.Cold, "cold", false, "boot the VM even when the image's warm template matches (and make no template)")
+	fl.StringArrayVar(&f.mounts, "mount", nil, "share a host folder: HOSTDIR:GUESTPATH[:ro] (repeatable; qemu only; the VM then boots cold)")
+	fl.StringArrayVar(&f.publish, "publish", nil, "publish a guest port: [HOSTADDR:]HOSTPORT:GUESTPORT[/tcp|/udp] (repeatable; HOSTADDR defaults to 127.0.0.1)")
 }
 
 func (f *createFlags) params() (api.VMCreateParams, error) {
@@ -71,6 +78,21 @@ func (f *createFlags) params() (api.VMCreateParams, error) {
 		p.DiskSizeBytes = int64(s)
 	}
 	p.BuildImage = !f.noBuild
+	cwd, _ := os.Getwd()
+	for _, arg := range f.mounts {
+		m, err := mount.Parse(arg, cwd)
+		if err != nil {
+			return p, usageErrorf("--mount %s: %v", arg, err)
+		}
+		p.Mounts = append(p.Mounts, model.Mount(m))
+	}
+	for _, arg := range f.publish {
+		q, err := publish.Parse(arg)
+		if err != nil {
+			return p, usageErrorf("--publish %s: %v", arg, err)
+		}
+		p.Publish = append(p.Publish, model.Publish(q))
+	}
 	return p, nil
 }
 
@@ -103,13 +125,26 @@ of the default size makes one), the VM is restored from it and given its own
 identity instead of booting: the "restore" stage says so, and the log says why a
 create booted cold. --cold always boots; --from makes it from a snapshot.
 
+--mount HOSTDIR:GUESTPATH[:ro] shares a host folder (virtio-fs, one virtiofsd
+each, run as you): the guest mounts it at GUESTPATH before the VM is ready, and
+again at every start. Files the guest's root writes are yours on the host; :ro
+is enforced on the host. Such a VM boots cold, runs under qemu (Firecracker has
+no virtio-fs) and cannot be snapshotted or forked (qemu 7.2 cannot migrate it).
+
+--publish [HOSTADDR:]HOSTPORT:GUESTPORT[/tcp|/udp] makes bangerd listen on
+HOSTADDR:HOSTPORT (127.0.0.1 unless given) while the VM runs and forward each
+connection (or UDP flow) to the guest's 127.0.0.1:GUESTPORT through the guest
+agent: no NAT rule, nothing reachable from elsewhere unless you give an address
+that is. vm show lists both.
+
 If bangerd goes away while this command follows the create, banger waits up
 to 60 s for a daemon to answer again (starting one), then reports where the
 VM ended.`,
 		Example: `  banger vm create --name web
   banger vm create --name big --vcpus 4 --memory 4096 --disk-size 20G
   banger vm create --name web2 --from web-before-upgrade
-  banger vm create --name clean --cold`,
+  banger vm create --name clean --cold
+  banger vm create --name dev --mount .:/root/src --mount ~/data:/data:ro --publish 8080:80`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			p, err := f.params()
@@ -435,6 +470,27 @@ func (a *app) showVM(v api.VMInfo) error {
 	}
 	if v.Handles != nil {
 		pairs = append(pairs, [2]string{"pid", fmt.Sprint(v.Handles.PID)}, [2]string{"tap", v.Handles.TapDevice})
+	}
+	for _, m := range v.Mounts {
+		st := "virtiofsd not running"
+		if m.Alive {
+			st = fmt.Sprintf("virtiofsd pid %d", m.PID)
+		}
+		mode := ""
+		if m.ReadOnly {
+			mode = " (read-only)"
+		}
+		pairs = append(pairs, [2]string{"mount", fmt.Sprintf("%s -> %s%s, %s", m.HostDir, m.GuestPath, mode, st)})
+	}
+	for _, q := range v.Ports {
+		st := "not listening"
+		switch {
+		case q.Listening:
+			st = fmt.Sprintf("listening, %d connection(s)", q.Connections)
+		case q.Error != "":
+			st = q.Error
+		}
+		pairs = append(pairs, [2]string{"publish", fmt.Sprintf("%s:%d -> guest %d/%s, %s", q.HostAddr, q.HostPort, q.GuestPort, q.Proto, st)})
 	}
 	if v.Runtime.LastError != "" {
 		pairs = append(pairs, [2]string{"last error", v.Runtime.LastError})

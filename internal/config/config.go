@@ -65,6 +65,12 @@ type VMConfig struct {
 	// (and the first create of the default spec makes it); false boots
 	// every VM cold.
 	Warm bool `toml:"warm" json:"warm"`
+	// MountCache is virtiofsd's cache mode for host folders: "auto"
+	// (the default: the guest caches for a second), "always" (fastest;
+	// changes made on the host show up later) or "none".
+	MountCache string `toml:"mount_cache" json:"mount_cache"`
+	// MountThreads is virtiofsd's thread pool (0: its default).
+	MountThreads int `toml:"mount_threads" json:"mount_threads"`
 }
 
 // ImageConfig holds the defaults of `image build`.
@@ -108,6 +114,7 @@ func Defaults() Config {
 			BootTimeout: Duration(180 * time.Second),
 			StopTimeout: Duration(20 * time.Second),
 			Warm:        true,
+			MountCache:  "auto",
 		},
 		Image: ImageConfig{
 			Suite:         "bookworm",

@@ -60,6 +60,7 @@ type Daemon struct {
 	handlesMu  sync.Mutex
 	handles    map[string]*model.VMHandles
 	agents     agentSessions
+	ports      ports
 	vmLocks    map[string]*vmLock
 
 	runCtx    context.Context // the daemon's lifetime

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"syscall"
@@ -39,15 +40,15 @@ func fakeVMM(t *testing.T, sock string) *exec.Cmd {
 func TestHandlesScratchFileRoundTrip(t *testing.T) {
 	d, _ := newTestDaemon(t, nil)
 	vm := testVM(t, d, "a")
-	h := &model.VMHandles{PID: 42, TapDevice: "tap-a"}
+	h := &model.VMHandles{PID: 42, TapDevice: "tap-a", FS: []int{7, 8}}
 	d.setHandles(vm, h)
-	if got := readHandlesFile(vm.Runtime.VMDir); *got != *h {
+	if got := readHandlesFile(vm.Runtime.VMDir); !reflect.DeepEqual(*got, *h) {
 		t.Fatalf("file: %+v", got)
 	}
 	// A fresh daemon (empty cache) reads the file.
 	d2, _ := newTestDaemon(t, nil)
 	d2.layout = d.layout
-	if got := d2.getHandles(vm); *got != *h {
+	if got := d2.getHandles(vm); !reflect.DeepEqual(*got, *h) {
 		t.Fatalf("cache miss did not read the file: %+v", got)
 	}
 	d.dropHandles(vm)
@@ -59,11 +60,11 @@ func TestHandlesScratchFileRoundTrip(t *testing.T) {
 func TestHandlesMissingAndCorruptFile(t *testing.T) {
 	d, _ := newTestDaemon(t, nil)
 	vm := testVM(t, d, "b")
-	if got := d.getHandles(vm); *got != (model.VMHandles{}) {
+	if got := d.getHandles(vm); !reflect.DeepEqual(*got, model.VMHandles{}) {
 		t.Fatalf("missing file: %+v", got)
 	}
 	os.WriteFile(filepath.Join(vm.Runtime.VMDir, handlesFile), []byte("{not json"), 0o600)
-	if got := readHandlesFile(vm.Runtime.VMDir); *got != (model.VMHandles{}) {
+	if got := readHandlesFile(vm.Runtime.VMDir); !reflect.DeepEqual(*got, model.VMHandles{}) {
 		t.Fatalf("corrupt file: %+v", got)
 	}
 }
@@ -104,7 +105,7 @@ func TestRediscoverPrefersLiveProcess(t *testing.T) {
 	d.setHandles(vm, stale)
 
 	got := d.rediscover(vm)
-	if *got != *stale {
+	if !reflect.DeepEqual(*got, *stale) {
 		t.Fatalf("dead VMM: want the file's handles %+v, got %+v", stale, got)
 	}
 	live := fakeVMM(t, vm.Runtime.APISockPath)

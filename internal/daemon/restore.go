@@ -37,6 +37,10 @@ const vmFileRestoring = "restoring"
 // restoreCheck refuses a snapshot that cannot become vm here, naming each
 // mismatch and the way out.
 func (d *Daemon) restoreCheck(ctx context.Context, vm model.VM, img model.Image, m snapshot.Manifest, sizeMatters bool) error {
+	if len(vm.Spec.Mounts) > 0 {
+		return rpc.WithHint(rpc.Errorf(rpc.ErrUnavailable, "vm %s has host folders (--mount %s): qemu 7.2 cannot restore a VM with a virtio-fs device", vm.Name, mountList(vm)),
+			"make a new VM from the snapshot without folders: banger vm create --from "+m.Name+" --name NEW")
+	}
 	_, accel, _ := d.chooseVMM(ctx, img.KernelPath)
 	spec, err := d.vmSpec(vm, img, accel)
 	if err != nil {
@@ -106,7 +110,7 @@ func (d *Daemon) cloneDisks(ctx context.Context, vm model.VM, m snapshot.Manifes
 	if err != nil {
 		return vm, "", err
 	}
-	if err := disk.WriteConfigDisk(filepath.Join(vm.Runtime.VMDir, guest.ConfigDiskName), hostKey); err != nil {
+	if err := disk.WriteConfigDisk(filepath.Join(vm.Runtime.VMDir, guest.ConfigDiskName), hostKey, nil); err != nil {
 		return vm, "", err
 	}
 	format := "qcow2"
@@ -367,6 +371,10 @@ func (d *Daemon) vmForkBegin(ctx context.Context, p api.VMForkParams) (api.Opera
 	img, err := d.store.GetImage(ctx, src.Image)
 	if err != nil {
 		return api.Operation{}, err
+	}
+	if len(src.Spec.Mounts) > 0 {
+		return api.Operation{}, rpc.WithHint(rpc.Errorf(rpc.ErrUnavailable, "vm %s has host folders (--mount %s): qemu 7.2 cannot migrate a virtio-fs device, so it cannot be forked", src.Name, mountList(src)),
+			"create a new VM with the same folders: banger vm create --mount ...")
 	}
 	o := d.ops.start(ctx, "vm.fork", p.New, forkStages)
 	var res snapshotResult

@@ -289,6 +289,10 @@ func (d *Daemon) takeSnapshot(ctx context.Context, vm model.VM, req snapshotReq)
 	if !vm.Runtime.State.Live() || !d.vmAlive(vm) {
 		return res, rpc.WithHint(rpc.Errorf(rpc.ErrConflict, "vm %s is %s: a snapshot needs its VMM running", vm.Name, vm.Runtime.State), "start it: banger vm start "+vm.Name)
 	}
+	if len(vm.Spec.Mounts) > 0 {
+		return res, rpc.WithHint(rpc.Errorf(rpc.ErrUnavailable, "vm %s has host folders (--mount %s): qemu 7.2 cannot migrate a virtio-fs device, so it cannot be snapshotted or forked", vm.Name, mountList(vm)),
+			"snapshot a VM without host folders, or copy the files in with banger vm cp")
+	}
 	img, err := d.store.GetImage(ctx, vm.Image)
 	if err != nil {
 		return res, err

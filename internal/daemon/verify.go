@@ -91,9 +91,14 @@ func (d *Daemon) verify(ctx context.Context, _ noParams) (api.VerifyReport, erro
 		i := strings.Index(string(b), vmsDir)
 		id, _, _ := strings.Cut(string(b)[i+len(vmsDir):], "/")
 		vm, ok := byID[id]
-		if !ok || !d.vmAlive(vm) || d.getHandles(vm).PID != pid {
-			leak("process", strconv.Itoa(pid), fmt.Sprintf("a VMM of VM directory %s with no live VM", id))
+		if ok && d.vmAlive(vm) && d.ownsProcess(vm, pid) {
+			continue
 		}
+		what := "a VMM"
+		if strings.Contains(string(b), "virtiofsd") {
+			what = "a virtiofsd"
+		}
+		leak("process", strconv.Itoa(pid), fmt.Sprintf("%s of VM directory %s with no live VM", what, id))
 	}
 
 	dirs, _ := os.ReadDir(d.layout.VMsDir())
@@ -149,4 +154,39 @@ func ipv6On(link string) string {
 		return ""
 	}
 	return "IPv6 is not off: " + strings.Join(bad, ", ") + " (a guest's router advertisement could route the host)"
+}
+
+// ownsProcess reports whether pid is live vm's: its VMM, one of its
+// virtiofsds, or a virtiofsd's sandboxed child.
+func (d *Daemon) ownsProcess(vm model.VM, pid int) bool {
+	h := d.getHandles(vm)
+	if h.PID == pid {
+		return true
+	}
+	parent := parentPID(pid)
+	for _, fs := range h.FS {
+		if fs > 0 && (fs == pid || fs == parent) {
+			return true
+		}
+	}
+	return false
+}
+
+// parentPID is pid's parent from /proc/PID/stat (0 when unknown).
+func parentPID(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b)[i+1:])
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -26,6 +27,7 @@ const handlesFile = "handles.json"
 func (d *Daemon) setHandles(vm model.VM, h *model.VMHandles) {
 	d.handlesMu.Lock()
 	c := *h
+	c.FS = slices.Clone(h.FS)
 	d.handles[vm.ID] = &c
 	d.handlesMu.Unlock()
 	data, _ := json.Marshal(h)
@@ -41,11 +43,13 @@ func (d *Daemon) getHandles(vm model.VM) *model.VMHandles {
 	defer d.handlesMu.Unlock()
 	if h, ok := d.handles[vm.ID]; ok {
 		c := *h
+		c.FS = slices.Clone(h.FS)
 		return &c
 	}
 	h := readHandlesFile(vm.Runtime.VMDir)
 	d.handles[vm.ID] = h
 	c := *h
+	c.FS = slices.Clone(h.FS)
 	return &c
 }
 
@@ -78,6 +82,8 @@ func (d *Daemon) releaseRuntime(ctx context.Context, vm model.VM) {
 		waitExit(h.PID, 5*time.Second)
 	}
 	d.agents.drop(vm.ID)
+	d.closePorts(vm)
+	d.stopFS(vm, h)
 	d.returnTap(ctx, h.TapDevice)
 	d.dropHandles(vm)
 	// A restore's marker belongs to the VMM just released: a later boot
@@ -127,6 +133,7 @@ func (d *Daemon) vmInfoOf(vm model.VM, img model.Image) api.VMInfo {
 	if info.Alive {
 		info.Handles = d.getHandles(vm)
 	}
+	info.Mounts, info.Ports = d.shareStates(vm, info.Handles)
 	return info
 }
 

@@ -140,7 +140,12 @@ func (d *Daemon) monitor(ctx context.Context) {
 			continue
 		}
 		for _, vm := range vms {
-			if !vm.Runtime.State.Live() || d.vmAlive(vm) {
+			if !vm.Runtime.State.Live() {
+				continue
+			}
+			if d.vmAlive(vm) {
+				d.checkFS(ctx, vm)
+				d.checkPorts(ctx, vm)
 				continue
 			}
 			d.handleVMMExit(ctx, vm)

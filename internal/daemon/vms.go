@@ -107,6 +107,9 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.O
 	} else if err != nil {
 		return api.Operation{}, err
 	}
+	if err := d.checkCreateShares(ctx, p, img); err != nil {
+		return api.Operation{}, err
+	}
 
 	// A snapshot (--from), the image's warm template, or a cold boot (which
 	// makes the template, for the default spec).
@@ -120,6 +123,8 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.O
 		}
 		stages = restoreStages
 	case img.Name == "" || !hasAgent(img):
+	case len(p.Mounts) > 0:
+		why = "host folders (a virtio-fs device cannot be restored on qemu 7.2)"
 	case p.Cold:
 		why = "--cold"
 	case !d.cfg.VM.Warm:
@@ -130,7 +135,7 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.O
 			from, stages = sn, restoreStages
 		} else {
 			why = err.Error()
-			if d.defaultSpec(p) {
+			if d.defaultSpec(p) && len(p.Publish) == 0 {
 				stages = templateStages
 			}
 		}
@@ -291,13 +296,16 @@ func (d *Daemon) allocateVM(ctx context.Context, p api.VMCreateParams) (model.VM
 	id := newVMID()
 	dir := d.layout.VMDir(id)
 	vmmName, _, _ := d.chooseVMM(ctx, "")
+	if len(p.Mounts) > 0 {
+		vmmName = "qemu" // Firecracker has no virtio-fs (a config's vmm = firecracker was refused)
+	}
 	apiSock := filepath.Join(dir, vmFileQMP)
 	if vmmName == "firecracker" {
 		apiSock = filepath.Join(dir, vmFileFCSock)
 	}
 	vm := model.VM{
 		ID: id, Name: p.Name, Image: p.Image, VMM: vmmName,
-		Spec: model.VMSpec{VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, DiskSizeBytes: p.DiskSizeBytes},
+		Spec: model.VMSpec{VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, DiskSizeBytes: p.DiskSizeBytes, Mounts: p.Mounts, Publish: p.Publish},
 		Runtime: model.VMRuntime{
 			State:        model.StateCreating,
 			GuestIP:      ip.String(),
@@ -378,7 +386,7 @@ func (d *Daemon) provisionAndBoot(ctx context.Context, o *operation, vm model.VM
 		keys := disk.Keys{AuthorizedKey: d.layout.SSHKey() + ".pub"}
 		keyOn := "host key on the config disk"
 		if img.GuestContract >= guest.ContractConfigDisk {
-			if err := disk.WriteConfigDisk(filepath.Join(vm.Runtime.VMDir, guest.ConfigDiskName), hostKey); err != nil {
+			if err := disk.WriteConfigDisk(filepath.Join(vm.Runtime.VMDir, guest.ConfigDiskName), hostKey, shares(vm)); err != nil {
 				return "", err
 			}
 		} else {
@@ -494,8 +502,14 @@ func (d *Daemon) bootVM(ctx context.Context, o *operation, vm model.VM, img mode
 			defer f.Close()
 			spec.TapFile = f
 		}
+		fsNote, err := d.startFS(ctx, vm, h)
+		if err != nil {
+			return "", err
+		}
 		pid, err := driver.Start(ctx, spec)
 		if err != nil {
+			d.stopFS(vm, h)
+			d.setHandles(vm, h)
 			return "", vmError(vm, err)
 		}
 		h.PID = pid
@@ -507,7 +521,7 @@ func (d *Daemon) bootVM(ctx context.Context, o *operation, vm model.VM, img mode
 		if err := d.store.UpdateVM(ctx, &vm); err != nil {
 			return "", err
 		}
-		return fmt.Sprintf("%s (%s), pid %d, kernel %s", driver.Name(), accel, pid, kernelKind(driver.Name(), spec.Kernel, img)), nil
+		return fmt.Sprintf("%s (%s), pid %d, kernel %s%s", driver.Name(), accel, pid, kernelKind(driver.Name(), spec.Kernel, img), fsNote), nil
 	}); err != nil {
 		return vm, err
 	}
@@ -542,7 +556,11 @@ func (d *Daemon) bootVM(ctx context.Context, o *operation, vm model.VM, img mode
 	}
 	err := o.stage(ctx, d.log, "agent ready", func() (string, error) {
 		h, err := d.waitAgent(ctx, vm, h.PID, deadline)
-		return fmt.Sprintf("banger-agent %s, guest up %.2f s (sshd starts beside)", h.Release, float64(h.UptimeMS)/1000), err
+		if err != nil {
+			return "", err
+		}
+		note, err := d.readyShares(ctx, vm)
+		return fmt.Sprintf("banger-agent %s, guest up %.2f s (sshd starts beside)%s", h.Release, float64(h.UptimeMS)/1000, note), err
 	})
 	return vm, err
 }
@@ -612,6 +630,7 @@ func (d *Daemon) vmSpec(vm model.VM, img model.Image, accel string) (vmm.Spec, e
 		// qemu's RAM in a memfd: a snapshot saves the device state alone
 		// and copies the memory.
 		SharedMemory: vm.VMM == "qemu",
+		FS:           fsDevices(vm),
 		TapName:      d.getHandles(vm).TapDevice, MAC: vm.Runtime.MAC, Accel: accel,
 		APISocket: vm.Runtime.APISockPath, LogPath: vm.Runtime.LogPath, ConsolePath: vm.Runtime.ConsolePath,
 		MetricsPath: vm.Runtime.MetricsPath, VSockPath: vm.Runtime.VSockPath, VSockCID: vm.Runtime.VSockCID,

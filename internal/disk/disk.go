@@ -430,8 +430,9 @@ func fsckFixed(err error) bool {
 
 // WriteConfigDisk writes a VM's config disk (guest.ConfigDisk) at out with
 // the host key pair at hostKey and hostKey+".pub": mode 0600, written to a
-// temporary name and renamed, so a crash never leaves half of one.
-func WriteConfigDisk(out, hostKey string) error {
+// temporary name and renamed, so a crash never leaves half of one. shares
+// are the host folders the guest mounts.
+func WriteConfigDisk(out, hostKey string, shares []guest.Share) error {
 	priv, err := os.ReadFile(hostKey)
 	if err != nil {
 		return err
@@ -440,7 +441,7 @@ func WriteConfigDisk(out, hostKey string) error {
 	if err != nil {
 		return err
 	}
-	data, err := guest.ConfigDisk(priv, pub)
+	data, err := guest.ConfigDisk(priv, pub, shares)
 	if err != nil {
 		return err
 	}

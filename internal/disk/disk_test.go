@@ -210,14 +210,14 @@ func TestWriteConfigDisk(t *testing.T) {
 	key := filepath.Join(dir, "host")
 	os.WriteFile(key, []byte("PRIVATE\n"), 0o600)
 	out := filepath.Join(dir, "config.tar")
-	if err := WriteConfigDisk(out, key); err == nil {
+	if err := WriteConfigDisk(out, key, nil); err == nil {
 		t.Fatal("no .pub: no error")
 	}
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Fatalf("a failed write left %s: %v", out, err)
 	}
 	os.WriteFile(key+".pub", []byte("ssh-ed25519 AAAA\n"), 0o644)
-	if err := WriteConfigDisk(out, key); err != nil {
+	if err := WriteConfigDisk(out, key, nil); err != nil {
 		t.Fatal(err)
 	}
 	st, err := os.Stat(out)

@@ -27,8 +27,12 @@ const (
 	// virtio-serial port (qemu) or vsock (Firecracker), and a create is
 	// ready when it answers.
 	ContractAgent = 3
+	// ContractMounts: banger-init mounts the VM's host folders (virtio-fs
+	// tags) listed in the config disk's "mounts" file (Share), after the
+	// work disk and before the agent answers.
+	ContractMounts = 4
 	// Contract is what this build's banger-init implements.
-	Contract = ContractAgent
+	Contract = ContractMounts
 )
 
 // contractRE matches banger-init's contract line; its absence means
@@ -64,9 +68,41 @@ const ConfigDir = "banger-config"
 // off the work disk (which is then a plain clone of the image's seed) and
 // off the kernel command line (which every user of the host can read in
 // ps).
-func ConfigDisk(hostKey, hostKeyPub []byte) ([]byte, error) {
+// Share is a host folder as the guest sees it: the virtio-fs tag to mount
+// at Path. The host validated both (banger-init refuses anything outside
+// [A-Za-z0-9._/@+-] too).
+type Share struct {
+	Tag      string
+	Path     string
+	ReadOnly bool
+}
+
+// sharesFile renders the config disk's "mounts" file: one "TAG PATH ro|rw"
+// line a share.
+func sharesFile(shares []Share) ([]byte, error) {
+	var b bytes.Buffer
+	for _, s := range shares {
+		if !shareRE.MatchString(s.Tag) || !shareRE.MatchString(s.Path) || s.Path[0] != '/' {
+			return nil, fmt.Errorf("config disk: share %q on %q", s.Tag, s.Path)
+		}
+		mode := "rw"
+		if s.ReadOnly {
+			mode = "ro"
+		}
+		fmt.Fprintf(&b, "%s %s %s\n", s.Tag, s.Path, mode)
+	}
+	return b.Bytes(), nil
+}
+
+var shareRE = regexp.MustCompile(`^[A-Za-z0-9._/@+-]+$`)
+
+func ConfigDisk(hostKey, hostKeyPub []byte, shares []Share) ([]byte, error) {
 	if len(hostKey) == 0 || len(hostKeyPub) == 0 {
 		return nil, fmt.Errorf("config disk: empty host key")
+	}
+	mounts, err := sharesFile(shares)
+	if err != nil {
+		return nil, err
 	}
 	var buf bytes.Buffer
 	w := tar.NewWriter(&buf)
@@ -82,6 +118,7 @@ func ConfigDisk(hostKey, hostKeyPub []byte) ([]byte, error) {
 		{"contract", 0o644, []byte(strconv.Itoa(Contract) + "\n")},
 		{"ssh_host_ed25519_key", 0o600, hostKey},
 		{"ssh_host_ed25519_key.pub", 0o644, hostKeyPub},
+		{"mounts", 0o644, mounts},
 	} {
 		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: ConfigDir + "/" + f.name, Mode: f.mode, Size: int64(len(f.data)), ModTime: when, Format: tar.FormatUSTAR}
 		if err := w.WriteHeader(hdr); err != nil {

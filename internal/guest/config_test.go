@@ -16,7 +16,7 @@ func TestConfigDiskExtractsWithTar(t *testing.T) {
 		t.Skip("no tar on this host")
 	}
 	priv, pub := []byte("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"), []byte("ssh-ed25519 AAAA banger-demo\n")
-	data, err := ConfigDisk(priv, pub)
+	data, err := ConfigDisk(priv, pub, []Share{{Tag: "banger0", Path: "/root/src"}, {Tag: "banger1", Path: "/srv/data", ReadOnly: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,6 +42,7 @@ func TestConfigDiskExtractsWithTar(t *testing.T) {
 		"contract":                 {[]byte(fmt.Sprintln(Contract)), 0o644},
 		"ssh_host_ed25519_key":     {priv, 0o600},
 		"ssh_host_ed25519_key.pub": {pub, 0o644},
+		"mounts":                   {[]byte("banger0 /root/src rw\nbanger1 /srv/data ro\n"), 0o644},
 	} {
 		p := filepath.Join(out, name)
 		got, err := os.ReadFile(p)
@@ -59,16 +60,25 @@ func TestConfigDiskExtractsWithTar(t *testing.T) {
 	}
 	entries, _ := os.ReadDir(out)
 	top, _ := os.ReadDir(run)
-	if len(entries) != 3 || len(top) != 1 {
-		t.Errorf("extracted %d entries in %d top-level ones, want 3 in 1", len(entries), len(top))
+	if len(entries) != 4 || len(top) != 1 {
+		t.Errorf("extracted %d entries in %d top-level ones, want 4 in 1", len(entries), len(top))
+	}
+}
+
+// A share the guest's shell could misread is refused on the host.
+func TestConfigDiskRefusesBadShare(t *testing.T) {
+	for _, s := range []Share{{Tag: "banger0", Path: "/a b"}, {Tag: "x y", Path: "/a"}, {Tag: "banger0", Path: "rel"}, {Tag: "", Path: "/a"}, {Tag: "t", Path: "/a\n/b"}} {
+		if _, err := ConfigDisk([]byte("x"), []byte("y"), []Share{s}); err == nil {
+			t.Errorf("share %+v accepted", s)
+		}
 	}
 }
 
 func TestConfigDiskRefusesEmptyKey(t *testing.T) {
-	if _, err := ConfigDisk(nil, []byte("x")); err == nil {
+	if _, err := ConfigDisk(nil, []byte("x"), nil); err == nil {
 		t.Error("ConfigDisk with no private key: no error")
 	}
-	if _, err := ConfigDisk([]byte("x"), nil); err == nil {
+	if _, err := ConfigDisk([]byte("x"), nil, nil); err == nil {
 		t.Error("ConfigDisk with no public key: no error")
 	}
 }

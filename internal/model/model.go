@@ -40,6 +40,27 @@ type VMSpec struct {
 	VCPUs         int   `json:"vcpus"`
 	MemoryMiB     int   `json:"memory_mib"`
 	DiskSizeBytes int64 `json:"disk_size_bytes"`
+	// Mounts are the VM's host folders (virtio-fs, package mount), kept
+	// across stop and start.
+	Mounts []Mount `json:"mounts,omitempty"`
+	// Publish are its published ports (package publish), listened on by
+	// bangerd while the VM runs.
+	Publish []Publish `json:"publish,omitempty"`
+}
+
+// Mount is a host folder in a VM: mount.Spec as the store keeps it.
+type Mount struct {
+	HostDir   string `json:"host_dir"`
+	GuestPath string `json:"guest_path"`
+	ReadOnly  bool   `json:"read_only,omitempty"`
+}
+
+// Publish is a published port: publish.Port as the store keeps it.
+type Publish struct {
+	HostAddr  string `json:"host_addr"`
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
+	Proto     string `json:"proto"`
 }
 
 // VM is one row of the vms table: identity, spec and durable runtime.
@@ -103,6 +124,9 @@ type VMHandles struct {
 	// it), "snapshot" (a snapshot's memory file mapped copy-on-write: a
 	// snapshot streams it) or "" (anonymous, or a VMM of its own).
 	Memory string `json:"memory,omitempty"`
+	// FS are the pids of the VM's virtiofsds, one a host folder, in the
+	// order of its Spec.Mounts.
+	FS []int `json:"fs_pids,omitempty"`
 }
 
 // Image is one row of the images table.

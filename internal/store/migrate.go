@@ -118,6 +118,12 @@ CREATE TABLE bases (
 	created_at TEXT NOT NULL
 ) STRICT;`,
 	},
+	{
+		name: "vms' host folders and published ports",
+		sql: `
+ALTER TABLE vms ADD COLUMN mounts TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE vms ADD COLUMN publish TEXT NOT NULL DEFAULT '[]';`,
+	},
 }
 
 // schemaVersion reads PRAGMA user_version.

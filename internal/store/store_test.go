@@ -61,7 +61,9 @@ func fullVM(i int) model.VM {
 		Name:  fmt.Sprintf("vm-%d", i),
 		Image: "default",
 		VMM:   "qemu",
-		Spec:  model.VMSpec{VCPUs: 2, MemoryMiB: 1024, DiskSizeBytes: 8 << 30},
+		Spec: model.VMSpec{VCPUs: 2, MemoryMiB: 1024, DiskSizeBytes: 8 << 30,
+			Mounts:  []model.Mount{{HostDir: "/home/u/src", GuestPath: "/root/src", ReadOnly: true}},
+			Publish: []model.Publish{{HostAddr: "127.0.0.1", HostPort: 8080, GuestPort: 80, Proto: "tcp"}}},
 		Runtime: model.VMRuntime{
 			State:          model.StateRunning,
 			GuestIP:        fmt.Sprintf("10.0.%d.%d", i/250, i%250+2),

@@ -27,6 +27,8 @@ func vmFields(vm *model.VM) []field {
 		{"vcpus", &vm.Spec.VCPUs},
 		{"memory_mib", &vm.Spec.MemoryMiB},
 		{"disk_size_bytes", &vm.Spec.DiskSizeBytes},
+		{"mounts", jsonCol[[]model.Mount]{&vm.Spec.Mounts}},
+		{"publish", jsonCol[[]model.Publish]{&vm.Spec.Publish}},
 		{"state", &r.State},
 		{"guest_ip", &r.GuestIP},
 		{"mac", &r.MAC},

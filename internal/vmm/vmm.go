@@ -57,6 +57,19 @@ type Spec struct {
 	// process. Without it the RAM is anonymous and a snapshot streams it.
 	// Firecracker's memory is its own.
 	SharedMemory bool
+
+	// FS, for qemu, are the VM's host folders: one vhost-user-fs device
+	// per entry, served by a virtiofsd on Socket; the guest mounts Tag.
+	// They need SharedMemory (vhost-user maps the guest's RAM). Firecracker
+	// has no virtio-fs.
+	FS []FSDevice
+}
+
+// FSDevice is one virtio-fs share: the virtiofsd socket and the tag the
+// guest mounts.
+type FSDevice struct {
+	Tag    string
+	Socket string
 }
 
 // Driver runs VMs with one VMM.

@@ -367,7 +367,7 @@ func (b *bare) boot(t *testing.T, image string) float64 {
 		t.Fatal(err)
 	}
 	configPath := filepath.Join(run, guest.ConfigDiskName)
-	if err := disk.WriteConfigDisk(configPath, hostKey); err != nil {
+	if err := disk.WriteConfigDisk(configPath, hostKey, nil); err != nil {
 		t.Fatal(err)
 	}
 	cmdline, _ := guest.KernelCmdline(guest.Settings{IP: mustPrefix("10.231.21.2/24"), Gateway: mustAddr("10.231.21.1"), Hostname: "base", TSCKHz: b.khz})
@@ -430,7 +430,7 @@ func workDisks(t *testing.T, image string, runs int) (seed, scratch []float64) {
 	hostKey := filepath.Join(dir, "ssh_host_ed25519_key")
 	os.WriteFile(hostKey, []byte("HOST KEY\n"), 0o600)
 	os.WriteFile(hostKey+".pub", []byte("ssh-ed25519 HOST\n"), 0o644)
-	configDisk := func(out string) error { return disk.WriteConfigDisk(out+".config.tar", hostKey) }
+	configDisk := func(out string) error { return disk.WriteConfigDisk(out+".config.tar", hostKey, nil) }
 	for i := 0; i < runs; i++ {
 		for _, fromSeed := range []bool{true, false} {
 			out := filepath.Join(dir, fmt.Sprintf("w%d-%v.ext4", i, fromSeed))

@@ -323,6 +323,8 @@ func (s *Server) serveStream(ctx context.Context, st net.Conn) {
 		attrs, err = s.get(st, req.Path)
 	case agent.OpConnect:
 		err = s.connect(st, req.Port)
+	case agent.OpConnectUDP:
+		err = s.connectUDP(st, req.Port)
 	case agent.OpSetTime:
 		err = s.setTime(st, time.Unix(0, req.UnixNano))
 	case agent.OpShutdown:

@@ -142,6 +142,24 @@ func args(s vmm.Spec, in *incoming) ([]string, error) {
 			"-chardev", "socket,id=agent,path="+s.AgentSocket+",server=on,wait=off",
 			"-device", "virtserialport,chardev=agent,name="+AgentPortName)
 	}
+	if len(s.FS) > 0 {
+		if !s.SharedMemory || in != nil {
+			return nil, fmt.Errorf("qemu: a virtio-fs share needs the guest's RAM in shared memory (and cannot be restored from a snapshot)")
+		}
+		// libvhost-user (virtiofsd) refuses legacy virtio; microvm's
+		// virtio-mmio transport is legacy unless told otherwise. Only a
+		// VM with a share gets it: it changes every device's state.
+		args = append(args, "-global", "virtio-mmio.force-legacy=false")
+		for i, f := range s.FS {
+			if strings.ContainsAny(f.Socket+f.Tag, ",\n") || f.Tag == "" || f.Socket == "" {
+				return nil, fmt.Errorf("qemu: virtio-fs share %q on %q", f.Tag, f.Socket)
+			}
+			id := fmt.Sprintf("fs%d", i)
+			args = append(args,
+				"-chardev", "socket,id="+id+",path="+f.Socket,
+				"-device", "vhost-user-fs-device,chardev="+id+",tag="+f.Tag)
+		}
+	}
 	// A virtio-rng device: the guest's kernel feeds its RNG from the
 	// host's, which matters most in clones restored from one snapshot
 	// (their RNG state is the snapshot's until reseeded).

@@ -89,3 +89,40 @@ func TestArgsRefusesInjection(t *testing.T) {
 		}
 	}
 }
+
+// A host folder adds a vhost-user-fs device per share, modern virtio-mmio,
+// and needs shared memory.
+func TestArgsFS(t *testing.T) {
+	s := spec()
+	s.FS = []vmm.FSDevice{{Tag: "banger0", Socket: "/v/fs0.sock"}, {Tag: "banger1", Socket: "/v/fs1.sock"}}
+	if _, err := Args(s); err == nil || !strings.Contains(err.Error(), "shared memory") {
+		t.Fatalf("a share without shared memory: %v", err)
+	}
+	s.SharedMemory = true
+	argv := mustArgs(t, s)
+	want := "-global virtio-mmio.force-legacy=false -chardev socket,id=fs0,path=/v/fs0.sock -device vhost-user-fs-device,chardev=fs0,tag=banger0 " +
+		"-chardev socket,id=fs1,path=/v/fs1.sock -device vhost-user-fs-device,chardev=fs1,tag=banger1 -object rng-random"
+	if got := strings.Join(argv, " "); !strings.Contains(got, want) {
+		t.Fatalf("argv lacks %q:\n%s", want, got)
+	}
+	if _, err := args(s, &incoming{memory: "/v/mem"}); err == nil {
+		t.Error("a restore with a share was accepted")
+	}
+	s.FS[1].Socket = "/v/a,b"
+	if _, err := Args(s); err == nil {
+		t.Error("a ',' in a share's socket was accepted")
+	}
+	s = spec()
+	if got := strings.Join(mustArgs(t, s), " "); strings.Contains(got, "force-legacy") {
+		t.Error("a VM without shares got modern virtio-mmio (its device state would differ from its templates')")
+	}
+}
+
+func mustArgs(t *testing.T, s vmm.Spec) []string {
+	t.Helper()
+	a, err := Args(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
