@@ -116,6 +116,11 @@ func Start(ctx context.Context, o Options) (int, error) {
 	defer tick.Stop()
 	for {
 		if fi, err := os.Stat(o.Socket); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			// Only its user (qemu, bangerd) may connect.
+			if err := os.Chmod(o.Socket, 0o600); err != nil {
+				Stop(pid, o.Socket)
+				return 0, err
+			}
 			return pid, nil
 		}
 		select {
@@ -234,6 +239,13 @@ func RunWrapper() int {
 	mode, src, argv := args[0], args[1], args[2:]
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		fmt.Fprintln(os.Stderr, "virtiofsd wrapper: making mounts private:", err)
+		return 1
+	}
+	// virtiofsd keeps its pid file in /run/virtiofsd: a tmpfs of this
+	// namespace's own, so nothing is left on the host and an unprivileged
+	// user can write it.
+	if err := unix.Mount("tmpfs", "/run", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=1m"); err != nil {
+		fmt.Fprintln(os.Stderr, "virtiofsd wrapper: a private /run:", err)
 		return 1
 	}
 	if mode == "ro" {
