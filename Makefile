@@ -62,6 +62,10 @@ bench: ## Go benchmarks of the hot paths
 bench-create: ## measure create-to-SSH against a bare qemu boot, in a netns (root; ARGS="--runs N")
 	./scripts/bench-create $(ARGS)
 
+.PHONY: bench-mounts
+bench-mounts: ## measure a host folder (virtio-fs) against the work disk, per virtiofsd setting, in a netns (root; RUNS=N)
+	BANGER_BENCH=1 BANGER_BENCH_RUNS=$${RUNS:-3} $(GO) test -count=1 -timeout 30m -v -run '^TestBenchMounts$$' ./tests/bench/ | grep 'creates+stat\|MiB read\|^ok\|FAIL'
+
 .PHONY: lint
 lint: ## gofmt, go vet and go mod tidy must be clean
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
