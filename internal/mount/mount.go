@@ -4,9 +4,12 @@
 // copy of itself (the wrapper, RunWrapper) in a new mount namespace, and,
 // when it is not root, a new user namespace that maps its uid to 0, so
 // virtiofsd has the capabilities its sandbox needs and what the guest's
-// root writes lands on the host as the daemon's user. For a read-only
-// folder the wrapper bind-mounts the folder read-only on itself before it
-// execs virtiofsd: the host enforces :ro, whatever the guest does.
+// root writes lands on the host as the daemon's user (only that uid is
+// mapped, so the guest's other uids cannot own files there). For a
+// read-only folder the wrapper bind-mounts the folder on itself and makes
+// it, and every mount below it, read-only before it execs virtiofsd: the
+// host enforces :ro, whatever the guest does. virtiofsd's pid file goes to
+// a private /run of the wrapper's namespace, never the host's.
 package mount
 
 import (
@@ -42,8 +45,10 @@ func (s Spec) String() string {
 // Tag is the virtio-fs tag of a VM's i-th host folder.
 func Tag(i int) string { return "banger" + strconv.Itoa(i) }
 
-// Parse reads "HOSTDIR:GUESTPATH[:ro|:rw]"; a relative HOSTDIR is taken
-// from cwd (and ~/ from $HOME). The result is not yet validated.
+// Parse reads "HOSTDIR:GUESTPATH[:ro|:rw]". A relative HOSTDIR is taken
+// from cwd (and ~/ from $HOME); with cwd "" it must be absolute (the
+// daemon's side: the CLI resolves it first, Resolve). The result is not
+// yet validated.
 func Parse(arg, cwd string) (Spec, error) {
 	parts := strings.Split(arg, ":")
 	var s Spec
@@ -57,16 +62,29 @@ func Parse(arg, cwd string) (Spec, error) {
 	if host == "" || guest == "" {
 		return s, fmt.Errorf("want HOSTDIR:GUESTPATH, both non-empty")
 	}
-	if strings.HasPrefix(host, "~/") {
+	if strings.HasPrefix(host, "~/") && cwd != "" {
 		if home, err := os.UserHomeDir(); err == nil {
 			host = filepath.Join(home, host[2:])
 		}
 	}
 	if !filepath.IsAbs(host) {
+		if cwd == "" {
+			return s, fmt.Errorf("host folder %q is not an absolute path", host)
+		}
 		host = filepath.Join(cwd, host)
 	}
 	s.HostDir, s.GuestPath = filepath.Clean(host), guest
 	return s, nil
+}
+
+// Resolve is arg with its HOSTDIR made absolute from cwd, as the CLI sends
+// it to the daemon.
+func Resolve(arg, cwd string) (string, error) {
+	s, err := Parse(arg, cwd)
+	if err != nil {
+		return "", err
+	}
+	return s.String(), nil
 }
 
 var guestPathRE = regexp.MustCompile(`^/[A-Za-z0-9._/@+-]*$`)
@@ -104,8 +122,12 @@ func Validate(specs []Spec, uid int) error {
 		case !fi.IsDir():
 			return badRequest("share the folder that holds it", "--mount %s: %s is not a directory", s, s.HostDir)
 		}
-		if real, err := filepath.EvalSymlinks(s.HostDir); err != nil || real != s.HostDir {
-			return badRequest("give the real path: --mount "+real+":"+s.GuestPath, "--mount %s: %s is or goes through a symlink (to %s)", s, s.HostDir, real)
+		if real, err := filepath.EvalSymlinks(s.HostDir); err != nil {
+			return badRequest("check its permissions", "--mount %s: %v", s, err)
+		} else if real != s.HostDir {
+			r := s
+			r.HostDir = real
+			return badRequest("give the real path: --mount "+r.String(), "--mount %s: %s is a symlink or goes through one (to %s); give the real path", s, s.HostDir, real)
 		}
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok && uid != 0 && int(st.Uid) != uid {
 			return badRequest("share a folder you own", "--mount %s: %s belongs to uid %d, not to you (uid %d)", s, s.HostDir, st.Uid, uid)

@@ -38,6 +38,31 @@ func TestParse(t *testing.T) {
 			t.Errorf("Parse(%q) accepted", bad)
 		}
 	}
+	// Without a cwd (the daemon's side) HOSTDIR must be absolute.
+	for _, rel := range []string{"rel:/x", ".:/x", "~/src:/x"} {
+		if s, err := Parse(rel, ""); err == nil {
+			t.Errorf("Parse(%q, \"\") = %+v, want an error", rel, s)
+		}
+	}
+	if s, err := Parse("/src:/x:ro", ""); err != nil || s != (Spec{HostDir: "/src", GuestPath: "/x", ReadOnly: true}) {
+		t.Errorf("Parse of an absolute spec without a cwd: %+v, %v", s, err)
+	}
+}
+
+func TestResolve(t *testing.T) {
+	for in, want := range map[string]string{
+		"src:/x:ro":    "/home/u/src:/x:ro",
+		"../t:/x:rw":   "/home/t:/x",
+		"/abs/:/x":     "/abs:/x",
+		"./a/b:/root/": "/home/u/a/b:/root/",
+	} {
+		if got, err := Resolve(in, "/home/u"); err != nil || got != want {
+			t.Errorf("Resolve(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	if _, err := Resolve("nocolon", "/home/u"); err == nil {
+		t.Error("Resolve accepted a spec without a guest path")
+	}
 }
 
 func TestValidate(t *testing.T) {
@@ -74,6 +99,19 @@ func TestValidate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, rpc.ErrBadRequest) || rpc.HintOf(err) == "" {
 			t.Errorf("%+v: %v (hint %q); want a bad_request with %q and a hint", tc.specs, err, rpc.HintOf(err), tc.want)
 		}
+	}
+	// The symlink's refusal gives the real path to use instead.
+	err := Validate([]Spec{{HostDir: link, GuestPath: "/x", ReadOnly: true}}, uid)
+	if real, _ := filepath.EvalSymlinks(sub); !strings.Contains(rpc.HintOf(err), real+":/x:ro") {
+		t.Errorf("symlink hint %q does not give the real path %s", rpc.HintOf(err), real)
+	}
+	// Subdirectories of /root are fine, and up to MaxMounts folders.
+	var many []Spec
+	for i := 0; i < MaxMounts; i++ {
+		many = append(many, Spec{HostDir: sub, GuestPath: "/root/d" + Tag(i)})
+	}
+	if err := Validate(many, uid); err != nil {
+		t.Errorf("%d folders under /root refused: %v", MaxMounts, err)
 	}
 	// Another user's directory is refused (root shares anything).
 	if uid == 0 {

@@ -16,8 +16,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// envWrap marks the wrapper process (RunWrapper).
-const envWrap = "BANGER_VIRTIOFSD_WRAPPER"
+// wrapperArg is the hidden first argument that makes bangerd the wrapper
+// (IsWrapper, RunWrapper). Its arguments follow: ro|rw SOURCE SOCKET
+// VIRTIOFSD [ARGS...].
+const wrapperArg = "--banger-virtiofsd-wrapper"
 
 // candidates are where Debian and others put virtiofsd.
 var candidates = []string{"/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd"}
@@ -76,8 +78,7 @@ func (o Options) command() *exec.Cmd {
 	if o.Spec.ReadOnly {
 		mode = "ro"
 	}
-	cmd := exec.Command(o.Self, append([]string{mode, o.Spec.HostDir}, o.Argv()...)...)
-	cmd.Env = append(os.Environ(), envWrap+"=1")
+	cmd := exec.Command(o.Self, append([]string{wrapperArg, mode, o.Spec.HostDir, o.Socket}, o.Argv()...)...)
 	attr := &syscall.SysProcAttr{Setsid: true, Cloneflags: syscall.CLONE_NEWNS}
 	if uid := os.Getuid(); uid != 0 {
 		attr.Cloneflags |= syscall.CLONE_NEWUSER
@@ -95,6 +96,11 @@ func (o Options) command() *exec.Cmd {
 func Start(ctx context.Context, o Options) (int, error) {
 	if o.Binary == "" || o.Self == "" || o.Socket == "" || o.LogPath == "" {
 		return 0, errors.New("virtiofsd: binary, wrapper, socket and log are all needed")
+	}
+	switch o.Cache {
+	case "", "auto", "always", "none":
+	default:
+		return 0, fmt.Errorf("virtiofsd cache mode %q: want auto, always or none", o.Cache)
 	}
 	log, err := os.OpenFile(o.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
@@ -177,24 +183,21 @@ func Stop(pid int, socket string) error {
 		return nil
 	}
 	procs := append(children(pid), pid)
-	for _, p := range procs {
-		_ = syscall.Kill(p, syscall.SIGTERM)
-	}
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
-		if !Alive(pid, socket) {
-			return nil
+	gone := func(sig syscall.Signal, wait time.Duration) bool {
+		for _, p := range procs {
+			_ = syscall.Kill(p, sig)
 		}
-		time.Sleep(20 * time.Millisecond)
+		for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if !Alive(pid, socket) {
+				return true
+			}
+		}
+		return false
 	}
-	for _, p := range procs {
-		_ = syscall.Kill(p, syscall.SIGKILL)
+	if gone(syscall.SIGTERM, 2*time.Second) || gone(syscall.SIGKILL, time.Second) {
+		return nil
 	}
-	time.Sleep(50 * time.Millisecond)
-	if Alive(pid, socket) {
-		return fmt.Errorf("virtiofsd pid %d survived SIGKILL", pid)
-	}
-	return nil
+	return fmt.Errorf("virtiofsd pid %d survived SIGKILL", pid)
 }
 
 // children are the processes whose parent is pid.
@@ -224,48 +227,56 @@ func children(pid int) []int {
 
 // IsWrapper reports whether this process is the wrapper Start runs:
 // main calls RunWrapper first thing when it is.
-func IsWrapper() bool { return os.Getenv(envWrap) == "1" }
+func IsWrapper() bool { return len(os.Args) > 1 && os.Args[1] == wrapperArg }
 
-// RunWrapper is the wrapper's body (args: ro|rw SOURCE VIRTIOFSD ARGS...),
-// already in its own mount (and user) namespace: it makes the mounts
-// private, makes SOURCE read-only for ro, and execs virtiofsd. It returns
-// only on failure.
+// RunWrapper is the wrapper's body, already in its own mount (and user)
+// namespace: it makes the mounts private, makes SOURCE (with every mount
+// below it) read-only for ro, gives virtiofsd a private /run, sets umask
+// 077 and execs virtiofsd. It returns only on failure.
 func RunWrapper() int {
-	args := os.Args[1:]
-	if len(args) < 3 {
-		fmt.Fprintln(os.Stderr, "virtiofsd wrapper: want ro|rw SOURCE VIRTIOFSD [ARGS...]")
-		return 2
+	if err := runWrapper(os.Args[2:]); err != nil {
+		fmt.Fprintln(os.Stderr, "virtiofsd wrapper:", err)
+		return 1
 	}
-	mode, src, argv := args[0], args[1], args[2:]
+	return 0 // not reached: runWrapper execs
+}
+
+func runWrapper(args []string) error {
+	if len(args) < 4 || (args[0] != "ro" && args[0] != "rw") {
+		return fmt.Errorf("want ro|rw SOURCE SOCKET VIRTIOFSD [ARGS...], got %q", args)
+	}
+	mode, src, sock, argv := args[0], args[1], args[2], args[3:]
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		fmt.Fprintln(os.Stderr, "virtiofsd wrapper: making mounts private:", err)
-		return 1
-	}
-	// virtiofsd keeps its pid file in /run/virtiofsd: a tmpfs of this
-	// namespace's own, so nothing is left on the host and an unprivileged
-	// user can write it.
-	if err := unix.Mount("tmpfs", "/run", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=1m"); err != nil {
-		fmt.Fprintln(os.Stderr, "virtiofsd wrapper: a private /run:", err)
-		return 1
+		return fmt.Errorf("making mounts private: %w", err)
 	}
 	if mode == "ro" {
 		if err := readOnly(src); err != nil {
-			fmt.Fprintln(os.Stderr, "virtiofsd wrapper:", err)
-			return 1
+			return err
 		}
 	}
+	if err := privateRun(src, filepath.Dir(sock)); err != nil {
+		return err
+	}
 	unix.Umask(0o077)
-	os.Unsetenv(envWrap)
 	err := syscall.Exec(argv[0], argv, os.Environ())
-	fmt.Fprintln(os.Stderr, "virtiofsd wrapper: exec", argv[0]+":", err)
-	return 1
+	return fmt.Errorf("exec %s: %w", argv[0], err)
 }
 
-// readOnly bind-mounts dir on itself read-only, keeping the flags a user
-// namespace may not drop (nosuid, nodev, noexec, atime).
+// readOnly bind-mounts dir on itself and makes it read-only with every
+// mount below it (mount_setattr, AT_RECURSIVE), which leaves the flags a
+// user namespace may not change alone. A kernel without mount_setattr
+// (before 5.12) gets a remount of dir itself, keeping those flags (nosuid,
+// nodev, noexec, atime) from statfs.
 func readOnly(dir string) error {
 	if err := unix.Mount(dir, dir, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("bind-mounting %s: %w", dir, err)
+	}
+	err := unix.MountSetattr(unix.AT_FDCWD, dir, unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY})
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.ENOSYS) {
+		return fmt.Errorf("making %s read-only: %w", dir, err)
 	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
@@ -282,6 +293,57 @@ func readOnly(dir string) error {
 	}
 	if err := unix.Mount("", dir, "", flags, ""); err != nil {
 		return fmt.Errorf("making %s read-only: %w", dir, err)
+	}
+	return nil
+}
+
+// privateRun covers /var/run (/run) with a tmpfs of this namespace's own:
+// virtiofsd keeps its pid file in /var/run/virtiofsd, which then leaves
+// nothing on the host and is writable in a user namespace. The paths in
+// keep (the shared folder, the socket's directory) that lie under it are
+// cloned first (open_tree) and put back at the same place in the tmpfs, so
+// a folder such as /run/media/USER/stick is still shared.
+func privateRun(keep ...string) error {
+	run, err := filepath.EvalSymlinks("/var/run")
+	if err != nil {
+		run = "/run"
+	}
+	type clone struct {
+		path string
+		fd   int
+	}
+	var clones []clone
+	defer func() {
+		for _, c := range clones {
+			unix.Close(c.fd)
+		}
+	}()
+	for _, p := range keep {
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			p = real
+		}
+		if !strings.HasPrefix(p, run+"/") {
+			if p == run {
+				return fmt.Errorf("%s cannot be shared or hold the socket: virtiofsd gets a private one", run)
+			}
+			continue
+		}
+		fd, err := unix.OpenTree(unix.AT_FDCWD, p, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+		if err != nil {
+			return fmt.Errorf("keeping %s past the private %s: %w", p, run, err)
+		}
+		clones = append(clones, clone{p, fd})
+	}
+	if err := unix.Mount("tmpfs", run, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=1m"); err != nil {
+		return fmt.Errorf("a private %s: %w", run, err)
+	}
+	for _, c := range clones {
+		if err := os.MkdirAll(c.path, 0o755); err != nil {
+			return err
+		}
+		if err := unix.MoveMount(c.fd, "", unix.AT_FDCWD, c.path, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+			return fmt.Errorf("putting %s back: %w", c.path, err)
+		}
 	}
 	return nil
 }
