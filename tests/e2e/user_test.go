@@ -49,9 +49,22 @@ func TestUnprivilegedVMRun(t *testing.T) {
 	t.Cleanup(func() { e.Banger("vm", "delete", "--force", "u1") })
 
 	e.MustBanger("image", "import", "--name", "default", image)
-	r := e.Banger("vm", "run", "--name", "u1", "--", "cat", "/etc/hostname")
+	// With a host folder of the user's: virtiofsd runs as the user (in a
+	// user namespace), and what the guest's root writes there is the
+	// user's on the host.
+	share := filepath.Join(e.Root, "share")
+	if err := os.Mkdir(share, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(share, uid, uid)
+	r := e.Banger("vm", "run", "--name", "u1", "--mount", share+":/root/share", "--", "sh", "-c", "cat /etc/hostname && echo by-the-guest > /root/share/out")
 	if r.Code != 0 || r.Stdout != "u1\n" {
 		t.Fatalf("vm run as uid %d: %s", uid, r)
+	}
+	if fi, err := os.Stat(filepath.Join(share, "out")); err != nil {
+		t.Fatalf("the guest's file in the host folder: %v", err)
+	} else if st := fi.Sys().(*syscall.Stat_t); st.Uid != uid || st.Gid != uid {
+		t.Fatalf("the guest root's file is uid %d gid %d on the host, want the daemon's user %d", st.Uid, st.Gid, uid)
 	}
 	var info api.VMInfo
 	e.JSON(&info, "vm", "show", "u1")
