@@ -14,6 +14,7 @@ import (
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/helperapi"
 	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/mount"
 )
 
 // verify lists what banger holds on the host that no VM accounts for:
@@ -163,30 +164,11 @@ func (d *Daemon) ownsProcess(vm model.VM, pid int) bool {
 	if h.PID == pid {
 		return true
 	}
-	parent := parentPID(pid)
+	parent := mount.ParentPID(pid)
 	for _, fs := range h.FS {
 		if fs > 0 && (fs == pid || fs == parent) {
 			return true
 		}
 	}
 	return false
-}
-
-// parentPID is pid's parent from /proc/PID/stat (0 when unknown).
-func parentPID(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// pid (comm) state ppid ...: comm may hold spaces and parentheses.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(b)[i+1:])
-	if len(f) < 2 {
-		return 0
-	}
-	ppid, _ := strconv.Atoi(f[1])
-	return ppid
 }

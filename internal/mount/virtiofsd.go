@@ -205,24 +205,30 @@ func children(pid int) []int {
 	var out []int
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		s, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		i := bytes.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(s[i+1:]))
-		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+		if p, err := strconv.Atoi(e.Name()); err == nil && ParentPID(p) == pid {
 			out = append(out, p)
 		}
 	}
 	return out
+}
+
+// ParentPID is pid's parent, from /proc/PID/stat (0 when unknown).
+func ParentPID(pid int) int {
+	s, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0
+	}
+	// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+	i := bytes.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(s[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
 }
 
 // IsWrapper reports whether this process is the wrapper Start runs:
