@@ -48,7 +48,7 @@ func Parse(s string) (Port, error) {
 	if strings.HasPrefix(rest, "[") {
 		end := strings.Index(rest, "]:")
 		if end < 0 {
-			return p, fmt.Errorf("%q: an IPv6 address goes in brackets: [::1]:8080:80", s)
+			return p, fmt.Errorf("%q: an IPv6 HOSTADDR goes in brackets, [::1]:8080:80 (%s)", s, form)
 		}
 		p.HostAddr, rest = rest[1:end], rest[end+2:]
 	} else if parts := strings.Split(rest, ":"); len(parts) == 3 {
@@ -65,7 +65,7 @@ func Parse(s string) (Port, error) {
 	p.HostAddr = a.String()
 	for i, f := range ports {
 		n, err := strconv.Atoi(f)
-		if err != nil || n < 1 || n > 65535 {
+		if err != nil || strings.Trim(f, "0123456789") != "" || n < 1 || n > 65535 {
 			what := "host port"
 			if i == 1 {
 				what = "guest port"
@@ -107,49 +107,78 @@ func overlap(a, b string) bool {
 
 // Errors Listen wraps, for the caller to give codes and hints.
 var (
-	ErrInUse      = errors.New("in use")
-	ErrPrivileged = errors.New("privileged port")
-	ErrNoAddress  = errors.New("address not on this host")
+	ErrInUse      = errors.New("host port in use")
+	ErrPrivileged = errors.New("privileged host port")
+	ErrNoAddress  = errors.New("host address not on this host")
 )
 
+// listenError is Listen's classified failure: its own message, wrapping
+// the sentinel and the system's error.
+type listenError struct {
+	msg       string
+	kind, err error
+}
+
+func (e *listenError) Error() string   { return e.msg }
+func (e *listenError) Unwrap() []error { return []error{e.kind, e.err} }
+
 // Dialer opens a stream to the guest's port of p: raw bytes for tcp,
-// agent.WriteDatagram frames for udp.
+// agent.WriteDatagram frames for udp. A stream without CloseWrite must
+// take Close as a half-close, as a yamux stream does: Serve closes it
+// when the client is done sending and still reads the guest's answer.
 type Dialer func(ctx context.Context, p Port) (io.ReadWriteCloser, error)
+
+// Defaults of a Listener's fields.
+const (
+	DefaultIdleTimeout = 60 * time.Second
+	DefaultMaxFlows    = 256
+	dialTimeout        = 10 * time.Second
+)
 
 // Listener is one published port, bound.
 type Listener struct {
 	Port Port
 	// IdleTimeout ends a UDP flow no datagram crossed for that long
-	// (default 60 s).
+	// (default DefaultIdleTimeout).
 	IdleTimeout time.Duration
+	// MaxFlows bounds the UDP flows (client addresses) served at once; a
+	// new client's datagrams are dropped beyond it (default
+	// DefaultMaxFlows).
+	MaxFlows int
 	// Logf, if set, is told about failed forwards.
 	Logf func(format string, args ...any)
 
-	ln    net.Listener
-	pc    net.PacketConn
-	conns atomic.Int64
-	once  sync.Once
+	ln     net.Listener
+	pc     net.PacketConn
+	conns  atomic.Int64 // forwards started
+	active atomic.Int64 // forwards under way
+	once   sync.Once
 }
 
-// Listen binds p on the host.
+// Listen binds p on the host. Its errors for a port in use, a privileged
+// port and an address the host does not have say what to do and wrap
+// ErrInUse, ErrPrivileged and ErrNoAddress.
 func Listen(p Port) (*Listener, error) {
 	addr := net.JoinHostPort(p.HostAddr, strconv.Itoa(p.HostPort))
-	l := &Listener{Port: p, IdleTimeout: 60 * time.Second}
+	l := &Listener{Port: p, IdleTimeout: DefaultIdleTimeout, MaxFlows: DefaultMaxFlows}
 	var err error
 	if p.Proto == "udp" {
 		l.pc, err = net.ListenPacket("udp", addr)
 	} else {
 		l.ln, err = net.Listen("tcp", addr)
 	}
+	fail := func(kind error, format string, args ...any) error {
+		return &listenError{msg: fmt.Sprintf(format, args...), kind: kind, err: err}
+	}
 	switch {
 	case err == nil:
 		return l, nil
 	case errors.Is(err, syscall.EADDRINUSE):
-		return nil, fmt.Errorf("host port %s/%s is in use (by another process or VM): %w", addr, p.Proto, ErrInUse)
+		return nil, fail(ErrInUse, "host port %s/%s is in use (by another process or VM); choose another HOSTPORT", addr, p.Proto)
 	case errors.Is(err, syscall.EACCES):
-		return nil, fmt.Errorf("host port %s/%s: ports below 1024 need root or CAP_NET_BIND_SERVICE (or net.ipv4.ip_unprivileged_port_start): %w", addr, p.Proto, ErrPrivileged)
+		return nil, fail(ErrPrivileged, "host port %s/%s: ports below 1024 need root or CAP_NET_BIND_SERVICE (or a lower net.ipv4.ip_unprivileged_port_start); choose a HOSTPORT of 1024 or more", addr, p.Proto)
 	case errors.Is(err, syscall.EADDRNOTAVAIL):
-		return nil, fmt.Errorf("host address %s is not on this host: %w", p.HostAddr, ErrNoAddress)
+		return nil, fail(ErrNoAddress, "host address %s is not on this host; use 127.0.0.1 or one of this host's addresses", p.HostAddr)
 	}
 	return nil, fmt.Errorf("publishing %s: %w", p, err)
 }
@@ -165,8 +194,12 @@ func (l *Listener) Addr() net.Addr {
 // Connections counts the connections (UDP: flows) forwarded so far.
 func (l *Listener) Connections() int64 { return l.conns.Load() }
 
-// Close stops listening and frees the port; forwards under way go on
-// until either end closes.
+// Active counts the connections (UDP: flows) under way.
+func (l *Listener) Active() int64 { return l.active.Load() }
+
+// Close stops listening and frees the port. TCP connections under way go
+// on until either end closes or Serve's ctx ends; UDP flows end (their
+// answers have no socket left).
 func (l *Listener) Close() error {
 	var err error
 	l.once.Do(func() {
@@ -185,7 +218,9 @@ func (l *Listener) logf(format string, args ...any) {
 	}
 }
 
-// Serve forwards until ctx ends or Close.
+// Serve forwards until ctx ends or Close. Each TCP connection, or UDP
+// client address, gets a stream of its own from dial. When ctx ends, the
+// forwards under way end too.
 func (l *Listener) Serve(ctx context.Context, dial Dialer) {
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
@@ -196,130 +231,203 @@ func (l *Listener) Serve(ctx context.Context, dial Dialer) {
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				continue
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			// EMFILE, ECONNABORTED and the like: the port stays served.
+			l.logf("%s: accept: %v", l.Port, err)
+			sleepCtx(ctx, 100*time.Millisecond)
+			continue
 		}
 		l.conns.Add(1)
-		go l.forward(ctx, c, dial)
+		l.active.Add(1)
+		go func() {
+			defer l.active.Add(-1)
+			l.forward(ctx, c, dial)
+		}()
 	}
 }
 
+// forward splices c and a stream to the guest, half-closes passed on.
 func (l *Listener) forward(ctx context.Context, c net.Conn, dial Dialer) {
 	defer c.Close()
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	st, err := dial(dctx, l.Port)
 	cancel()
 	if err != nil {
 		l.logf("%s from %s: %v", l.Port, c.RemoteAddr(), err)
 		return
 	}
-	defer st.Close()
-	done := make(chan struct{})
+	defer abort(st)
+	stop := context.AfterFunc(ctx, func() {
+		abort(st)
+		c.Close()
+	})
+	defer stop()
+	up := make(chan struct{})
 	go func() {
-		defer close(done)
-		io.Copy(st, c)
-		closeWrite(st)
+		defer close(up)
+		if _, err := io.Copy(st, c); err != nil {
+			abort(st) // the client went away: so does the guest's side
+			return
+		}
+		halfClose(st)
 	}()
-	io.Copy(c, st)
-	closeWrite(c)
-	<-done
+	if _, err := io.Copy(c, st); err != nil {
+		c.Close() // the guest's side broke: so does the client's
+	} else {
+		halfClose(c)
+	}
+	<-up
 }
 
-// closeWrite half-closes w when it can (the other side reads EOF).
-func closeWrite(w any) {
+// halfClose ends w's sending side: CloseWrite if it has one, else Close
+// (a yamux stream's Close is a half-close).
+func halfClose(w io.Closer) {
 	if cw, ok := w.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
+		return
+	}
+	w.Close()
+}
+
+// abort ends a stream both ways: Close (a yamux stream tells the guest),
+// then a deadline in the past for its pending reads and writes.
+func abort(st io.Closer) {
+	st.Close()
+	if d, ok := st.(interface{ SetDeadline(time.Time) error }); ok {
+		d.SetDeadline(time.Unix(1, 0))
 	}
 }
 
-// maxFlows bounds the UDP flows one port holds at once.
-const maxFlows = 256
-
-type flow struct {
-	st   io.ReadWriteCloser
-	last atomic.Int64 // unix nanoseconds of the last datagram
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
+// flow is one UDP client's datagrams on their way to its stream.
+type flow struct {
+	in   chan []byte
+	last atomic.Int64 // unix nanoseconds of the last datagram either way
+}
+
+func (f *flow) touch() { f.last.Store(time.Now().UnixNano()) }
+
+// serveUDP reads the port's datagrams and hands each to its client's flow
+// (made at its first datagram), until the socket closes; then the flows
+// end.
 func (l *Listener) serveUDP(ctx context.Context, dial Dialer) {
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	limit := l.MaxFlows
+	if limit <= 0 {
+		limit = DefaultMaxFlows
+	}
 	var mu sync.Mutex
 	flows := map[string]*flow{}
 	buf := make([]byte, agent.MaxDatagram)
 	for {
 		n, from, err := l.pc.ReadFrom(buf)
 		if err != nil {
-			mu.Lock()
-			for _, f := range flows {
-				f.st.Close()
+			if fctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
 			}
-			mu.Unlock()
-			return
+			l.logf("%s: read: %v", l.Port, err)
+			continue
 		}
 		key := from.String()
 		mu.Lock()
 		f := flows[key]
 		if f == nil {
-			if len(flows) >= maxFlows {
+			if len(flows) >= limit {
 				mu.Unlock()
-				l.logf("%s: %d UDP flows already; dropped a datagram from %s", l.Port, maxFlows, from)
+				l.logf("%s: %d UDP flows already; dropped a datagram from %s", l.Port, limit, from)
 				continue
 			}
-			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			st, err := dial(dctx, l.Port)
-			cancel()
-			if err != nil {
-				mu.Unlock()
-				l.logf("%s from %s: %v", l.Port, from, err)
-				continue
-			}
-			f = &flow{st: st}
+			f = &flow{in: make(chan []byte, 64)}
+			f.touch()
 			flows[key] = f
 			l.conns.Add(1)
+			l.active.Add(1)
 			go func() {
-				l.replies(f, from)
+				l.runFlow(fctx, dial, f, from)
 				mu.Lock()
-				if flows[key] == f {
-					delete(flows, key)
-				}
+				delete(flows, key)
 				mu.Unlock()
+				l.active.Add(-1)
 			}()
-			go l.idle(f)
+		}
+		// Under mu: a flow gone from the map gets no more datagrams. A
+		// full queue drops the datagram, as a full socket would.
+		select {
+		case f.in <- append([]byte(nil), buf[:n]...):
+		default:
 		}
 		mu.Unlock()
-		f.last.Store(time.Now().UnixNano())
-		if err := agent.WriteDatagram(f.st, buf[:n]); err != nil {
-			f.st.Close()
+	}
+}
+
+// runFlow dials f's stream and writes f's datagrams to it while replies
+// sends its answers to the client, until the stream ends, the flow is
+// idle for IdleTimeout, or ctx ends.
+func (l *Listener) runFlow(ctx context.Context, dial Dialer, f *flow, client net.Addr) {
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	st, err := dial(dctx, l.Port)
+	cancel()
+	if err != nil {
+		l.logf("%s from %s: %v", l.Port, client, err)
+		return
+	}
+	defer abort(st)
+	answered := make(chan struct{})
+	go func() {
+		defer close(answered)
+		l.replies(st, f, client)
+	}()
+	stop := context.AfterFunc(ctx, func() { abort(st) })
+	defer stop()
+	idle := l.IdleTimeout
+	if idle <= 0 {
+		idle = DefaultIdleTimeout
+	}
+	t := time.NewTimer(idle)
+	defer t.Stop()
+	for {
+		select {
+		case b := <-f.in:
+			f.touch()
+			if agent.WriteDatagram(st, b) != nil {
+				return
+			}
+		case <-t.C:
+			quiet := time.Since(time.Unix(0, f.last.Load()))
+			if quiet >= idle {
+				return
+			}
+			t.Reset(idle - quiet)
+		case <-answered:
+			return
+		case <-ctx.Done():
+			return
 		}
 	}
 }
 
-// replies sends a flow's answers back to its client until its stream ends.
-func (l *Listener) replies(f *flow, to net.Addr) {
-	defer f.st.Close()
+// replies sends a flow's answers back to its client until its stream
+// ends.
+func (l *Listener) replies(st io.Reader, f *flow, client net.Addr) {
 	buf := make([]byte, agent.MaxDatagram)
 	for {
-		n, err := agent.ReadDatagram(f.st, buf)
+		n, err := agent.ReadDatagram(st, buf)
 		if err != nil {
 			return
 		}
-		f.last.Store(time.Now().UnixNano())
-		if _, err := l.pc.WriteTo(buf[:n], to); err != nil {
-			return
-		}
-	}
-}
-
-// idle closes a flow nothing crossed for IdleTimeout.
-func (l *Listener) idle(f *flow) {
-	t := l.IdleTimeout
-	if t <= 0 {
-		t = 60 * time.Second
-	}
-	for {
-		time.Sleep(t / 4)
-		if time.Since(time.Unix(0, f.last.Load())) > t {
-			f.st.Close()
+		f.touch()
+		if _, err := l.pc.WriteTo(buf[:n], client); err != nil {
 			return
 		}
 	}

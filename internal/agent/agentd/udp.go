@@ -12,7 +12,8 @@ import (
 
 // connectUDP relays the stream's datagrams (agent.WriteDatagram framing)
 // to 127.0.0.1:port in the guest and the answers back, until the stream
-// closes.
+// closes. A refusal (ICMP port unreachable: nothing listens yet) drops
+// that datagram and the relay goes on.
 func (s *Server) connectUDP(st net.Conn, port int) error {
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	c, err := net.Dial("udp", addr)
@@ -24,20 +25,16 @@ func (s *Server) connectUDP(st net.Conn, port int) error {
 		return err
 	}
 	done := make(chan struct{})
-	go func() {
+	go func() { // guest to host; the only writer of st from here on
 		defer close(done)
 		buf := make([]byte, agent.MaxDatagram)
 		for {
 			n, err := c.Read(buf)
 			if err != nil {
-				if ne, ok := err.(net.Error); ok && ne.Timeout() {
-					continue
-				}
-				// ECONNREFUSED (nothing listens, for now) is not the end.
 				if isRefused(err) {
 					continue
 				}
-				return
+				return // c closed: the host closed the stream
 			}
 			if agent.WriteDatagram(st, buf[:n]) != nil {
 				return
@@ -56,7 +53,7 @@ func (s *Server) connectUDP(st net.Conn, port int) error {
 	}
 	c.Close()
 	<-done
-	st.Close()
+	st.Close() // the host reads EOF
 	return nil
 }
 
