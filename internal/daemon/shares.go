@@ -88,7 +88,7 @@ func (d *Daemon) checkCreateShares(ctx context.Context, p api.VMCreateParams, im
 		if err := publish.Check(ports); err != nil {
 			return fmt.Errorf("%w: %w", err, rpc.ErrBadRequest)
 		}
-		if err := d.publishTaken(ports); err != nil {
+		if err := d.publishTaken(ctx, ports); err != nil {
 			return err
 		}
 		// Each port can be bound now: in use, privileged or not on this
@@ -119,8 +119,8 @@ func publishError(err error) error {
 
 // publishTaken refuses a port another VM of this daemon has published
 // (it may be stopped, and so not bound now).
-func (d *Daemon) publishTaken(ports []publish.Port) error {
-	vms, err := d.store.ListVMs(context.Background())
+func (d *Daemon) publishTaken(ctx context.Context, ports []publish.Port) error {
+	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
 		return err
 	}
